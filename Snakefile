@@ -1,0 +1,19 @@
+# AGNet reproducibility suite: the whole paper as one DAG.
+# Run `snakemake --cores 8 --use-conda` (paper protocol, real datasets) or
+# `snakemake --cores 2 --configfile workflow/configs/demo.yaml` (synthetic twins).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,173 @@
+"""The ``agnet`` command-line program: every workflow step, runnable without Snakemake.
+
+    agnet data synth {veri,vehicleid} OUT_DIR [--vehicles N] [--cameras C] [--seed S]
+    agnet data fetch {veri,vehicleid} (--url URL | --archive FILE | --directory DIR) --dest DIR -o dataset.json
+    agnet data verify {veri,vehicleid} ROOT [--strict] [-o REPORT.json]     (exit 0 = valid, 1 = invalid)
+    agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}]
+    agnet data grid {veri,vehicleid} ROOT -o GRID.png
+    agnet config check CONFIG.yaml
+
+ROOT is a dataset directory or the ``dataset.json`` written by ``agnet data fetch``. User errors
+(bad input, missing data) print one ``agnet: error: ...`` line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agnet import __version__
+from agnet.errors import AgnetError
+
+FORMATS = ("veri", "vehicleid")
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from agnet.data.synth.vehicleid import synth_vehicleid
+    from agnet.data.synth.veri import synth_veri
+
+    if args.format == "veri":
+        synth_veri(args.out_dir, vehicles=args.vehicles or 100, cameras=args.cameras or 20, seed=args.seed,
+                   workers=args.workers)
+    else:
+        synth_vehicleid(args.out_dir, vehicles=args.vehicles or 200, cameras=args.cameras or 6, seed=args.seed,
+                        models=args.models, labelled_fraction=args.labelled_fraction, workers=args.workers)
+    print(f"wrote synthetic {args.format} twin to {args.out_dir}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from agnet.data.sources import obtain
+
+    kind, location = next((k, getattr(args, k)) for k in ("url", "archive", "directory") if getattr(args, k))
+    root = obtain(args.format, kind, location, args.dest, args.output, sha256=args.sha256, progress=not args.quiet)
+    print(f"{args.format} dataset at {root} (locator {args.output})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from agnet.data.verify import verify_dataset, write_report
+
+    report = verify_dataset(args.format, args.root, strict=args.strict, check_pixels=not args.no_pixels)
+    if args.output:
+        write_report(report, args.output)
+    for line in report["errors"]:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report["strict"]["deviations"]:
+        print(f"strict: {line}", file=sys.stderr)
+    for line in report["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
+    counts = ", ".join(f"{split}: {c['images']} images / {c['identities']} ids" for split, c in report.get("splits", {}).items())
+    print(f"{args.format} at {report['root']}: {'valid' if report['valid'] else 'INVALID'}" + (f" ({counts})" if counts else ""))
+    return 0 if report["valid"] else 1
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from agnet.data.manifest import make_manifest
+
+    frame = make_manifest(args.format, args.root, args.output, train_vehicles=args.train_vehicles)
+    counts = frame["split"].value_counts().to_dict()
+    print(f"wrote {args.output}: {len(frame)} rows " + json.dumps(counts))
+    return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from agnet.data.grid import sample_grid
+
+    sample_grid(args.format, args.root, args.output, vehicles=args.rows, per_vehicle=args.cols, seed=args.seed)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from agnet.config import load_config
+
+    load_config(args.config)
+    print(f"{args.config}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``agnet`` program."""
+    parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
+    parser.add_argument("--version", action="version", version=f"agnet {__version__}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,config}")
+
+    data = groups.add_parser("data", help="obtain, synthesise, verify and index datasets")
+    data_cmds = data.add_subparsers(dest="command", required=True)
+
+    synth = data_cmds.add_parser("synth", help="write a synthetic twin in the real on-disk format")
+    synth.add_argument("format", choices=FORMATS)
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--vehicles", type=int, help="identities (default: veri 100, vehicleid 200)")
+    synth.add_argument("--cameras", type=int, help="cameras (default: veri 20, vehicleid 6)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--models", type=int, default=24, help="vehicleid: number of car models (type classes)")
+    synth.add_argument("--labelled-fraction", type=float, default=0.6,
+                       help="vehicleid: fraction of vehicles with attribute labels")
+    synth.add_argument("--workers", type=int, help="rendering processes (default: all cores)")
+    synth.set_defaults(func=_cmd_synth)
+
+    fetch = data_cmds.add_parser("fetch", help="make a dataset available from a URL, an archive or a directory")
+    fetch.add_argument("format", choices=FORMATS)
+    where = fetch.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="http(s) URL of the dataset archive (resumable download)")
+    where.add_argument("--archive", help="local archive (.zip, .tar[.gz|.bz2|.xz])")
+    where.add_argument("--directory", help="already-extracted dataset root (used in place)")
+    fetch.add_argument("--dest", type=Path, required=True, help="folder for downloads and unpacked archives")
+    fetch.add_argument("--sha256", help="expected sha256 of the archive")
+    fetch.add_argument("-o", "--output", type=Path, required=True, help="dataset.json locator to write")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=_cmd_fetch)
+
+    verify = data_cmds.add_parser("verify", help="check a dataset; exit 0 if valid, 1 if not")
+    verify.add_argument("format", choices=FORMATS)
+    verify.add_argument("root", type=Path, help="dataset root or dataset.json")
+    verify.add_argument("--strict", action="store_true", help="also require the published counts of the release")
+    verify.add_argument("--no-pixels", action="store_true", help="skip decoding every image")
+    verify.add_argument("-o", "--output", type=Path, help="JSON report to write")
+    verify.set_defaults(func=_cmd_verify)
+
+    manifest = data_cmds.add_parser("manifest", help="write the per-image Parquet manifest")
+    manifest.add_argument("format", choices=FORMATS)
+    manifest.add_argument("root", type=Path, help="dataset root or dataset.json")
+    manifest.add_argument("-o", "--output", type=Path, required=True)
+    manifest.add_argument("--train-vehicles", choices=("attribute-labelled", "all"), default="attribute-labelled",
+                          help="training vehicles kept (default: those with colour and type labels, as the paper)")
+    manifest.set_defaults(func=_cmd_manifest)
+
+    grid = data_cmds.add_parser("grid", help="save a picture grid of sample images (rows: vehicles)")
+    grid.add_argument("format", choices=FORMATS)
+    grid.add_argument("root", type=Path, help="dataset root or dataset.json")
+    grid.add_argument("-o", "--output", type=Path, required=True)
+    grid.add_argument("--rows", type=int, default=8)
+    grid.add_argument("--cols", type=int, default=8)
+    grid.add_argument("--seed", type=int, default=0)
+    grid.set_defaults(func=_cmd_grid)
+
+    config = groups.add_parser("config", help="configuration utilities")
+    config_cmds = config.add_subparsers(dest="command", required=True)
+    check = config_cmds.add_parser("check", help="validate a workflow config against the schema")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=_cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the program; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AgnetError as error:
+        print(f"agnet: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("agnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Workflow configuration: load, fill defaults, and validate against ``workflow/schemas/config.schema.yaml``.
+
+Imported by the Snakefile before any job is scheduled, so it depends only on the standard
+library, PyYAML and jsonschema (both Snakemake dependencies). Errors name the file, the key path
+and what was expected, e.g. ``config.yaml: datasets.veri.source: unknown key 'lcoation'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from agnet.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    """A validator class that also fills ``default`` values of absent properties (in place)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    instance[key] = subschema["default"]
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {}))) or "none"
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {allowed})"
+    return f"{where}: {error.message}"
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the JSON schema (YAML syntax)."""
+    if not path.is_file():
+        raise ConfigError(f"config schema not found at {path} (run from a checkout of the repository)")
+    return yaml.safe_load(path.read_text())
+
+
+def validate_config(config: dict[str, Any], source: str = "config", schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults) and return it; raise ConfigError listing every problem."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(config).__name__}")
+    schema = load_schema(schema_path)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {_describe(error)}" for error in errors))
+    unknown = [name for name in config["run"] if name not in config["datasets"]]
+    if unknown:
+        raise ConfigError(f"{source}: run: {', '.join(map(repr, unknown))} not defined under 'datasets'")
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read YAML ({error})") from None
+    return validate_config(config, source=str(path))

@@ -1,0 +1,59 @@
+"""A picture grid of dataset samples: one row per vehicle, its images across cameras.
+
+Rows are chosen to show the hard cases: vehicles are taken in groups that share colour and type,
+so neighbouring rows differ only by identity-level details.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from agnet.atomic import atomic_path
+from agnet.data.datasets import read_dataset, resolve_root
+
+CELL = 96  # pixels, square cells
+LABEL_W = 150
+
+
+def _label(image, names_color, names_type) -> str:
+    color = names_color[image.color_id] if image.color_id is not None else "?"
+    vtype = names_type[image.type_id] if image.type_id is not None and names_type else "?"
+    return f"id {image.vehicle_id}\n{color} {vtype}"
+
+
+def sample_grid(fmt: str, root: str | Path, output: str | Path, vehicles: int = 8, per_vehicle: int = 8, seed: int = 0) -> None:
+    """Save a ``vehicles`` x ``per_vehicle`` grid of training images of ``fmt`` at ``root`` as PNG."""
+    root = resolve_root(fmt, root)
+    dataset = read_dataset(fmt, root)
+    type_names = getattr(dataset, "type_names", None) or dataset.model_names
+    rng = np.random.default_rng(seed)
+    by_vehicle: dict[int, list] = {}
+    for image in dataset.split("train"):
+        by_vehicle.setdefault(image.vehicle_id, []).append(image)
+    groups: dict[tuple, list[int]] = {}
+    for vid, images in by_vehicle.items():
+        groups.setdefault((images[0].color_id, images[0].type_id), []).append(vid)
+    chosen: list[int] = []
+    for key in sorted(groups, key=lambda k: -len(groups[k])):  # biggest shared-attribute groups first
+        chosen.extend(groups[key][:2])
+        if len(chosen) >= vehicles:
+            break
+    chosen = chosen[:vehicles]
+
+    sheet = Image.new("RGB", (LABEL_W + per_vehicle * CELL, len(chosen) * CELL), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, vid in enumerate(chosen):
+        images = by_vehicle[vid]
+        picks = rng.choice(len(images), size=min(per_vehicle, len(images)), replace=False)
+        draw.multiline_text((6, row * CELL + 30), _label(images[0], dataset.color_names, type_names), fill="black")
+        for col, pick in enumerate(sorted(picks, key=lambda i: getattr(images[i], "camera_id", 0) or 0)):
+            with Image.open(root / images[pick].path) as tile:
+                tile = tile.convert("RGB")
+                tile.thumbnail((CELL - 4, CELL - 4))
+                x = LABEL_W + col * CELL + (CELL - tile.width) // 2
+                sheet.paste(tile, (x, row * CELL + (CELL - tile.height) // 2))
+    with atomic_path(output) as tmp:
+        sheet.save(tmp, format="PNG")

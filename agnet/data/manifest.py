@@ -1,0 +1,145 @@
+"""Per-image manifests (Parquet): the one table later stages read instead of the raw dataset files.
+
+Columns (one row per image and split; a VeRi query image also has its own ``gallery`` row):
+
+=============  ========  ==========================================================================
+column         dtype     meaning
+=============  ========  ==========================================================================
+path           string    image path relative to the dataset root (``metadata["root"]``), POSIX
+split          string    VeRi: ``train``/``query``/``gallery``; VehicleID: ``train``/``test``
+list_index     int32     0-based position in the split's list file (VeRi gt/jk indices refer to it)
+vehicle_id     int32     the dataset's own vehicle number (VeRi 1..776, VehicleID 0..27957)
+class_id       Int32     0-based identity class for training (train rows, by ascending vehicle_id); NA elsewhere
+camera_id      Int16     0-based camera (VeRi ``c001`` -> 0); NA for VehicleID
+color_id       Int16     0-based colour class; NA where unlabelled (VehicleID is sparse)
+type_id        Int16     0-based type class (VeRi typeID-1; VehicleID model id); NA where unlabelled
+timestamp      Int64     VeRi file-name timestamp (units of the release, multiples of 5); NA for VehicleID
+in_test_<N>    bool      VehicleID only: image is in ``test_list_<N>.txt`` (one column per list)
+=============  ========  ==========================================================================
+
+The Parquet schema metadata key ``agnet`` holds JSON: format, root, class names, the symmetric
+camera distance matrix (VeRi), the training-vehicle filter and the reader's notes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agnet.atomic import atomic_path
+from agnet.data.datasets import Dataset, read_dataset
+from agnet.data.vehicleid import VehicleIdDataset
+from agnet.errors import AgnetError, DatasetFormatError
+
+METADATA_KEY = b"agnet"
+TRAIN_FILTERS = ("attribute-labelled", "all")
+BASE_COLUMNS = {
+    "path": "string",
+    "split": "string",
+    "list_index": "int32",
+    "vehicle_id": "int32",
+    "class_id": "Int32",
+    "camera_id": "Int16",
+    "color_id": "Int16",
+    "type_id": "Int16",
+    "timestamp": "Int64",
+}
+
+
+def _rows(dataset: Dataset) -> list[dict[str, Any]]:
+    rows = []
+    positions: dict[str, int] = {}
+    for image in dataset.images:
+        index = getattr(image, "list_index", None)
+        if index is None:  # VehicleID lists have no cross-referencing index files; number per split
+            index = positions[image.split] = positions.get(image.split, -1) + 1
+        rows.append(
+            {
+                "path": image.path,
+                "split": image.split,
+                "list_index": index,
+                "vehicle_id": image.vehicle_id,
+                "camera_id": getattr(image, "camera_id", None),
+                "color_id": image.color_id,
+                "type_id": image.type_id,
+                "timestamp": getattr(image, "timestamp", None),
+            }
+        )
+    return rows
+
+
+def build_manifest(dataset: Dataset, train_vehicles: str = "attribute-labelled") -> tuple[pd.DataFrame, dict]:
+    """Build the manifest table and its metadata.
+
+    ``train_vehicles="attribute-labelled"`` (the paper's setting) keeps only training vehicles that have
+    both a colour and a type label; ``"all"`` keeps every training vehicle with missing labels as NA.
+    Test rows are never filtered (evaluation protocols fix them).
+    """
+    if train_vehicles not in TRAIN_FILTERS:
+        raise AgnetError(f"train_vehicles must be one of {', '.join(TRAIN_FILTERS)}, got {train_vehicles!r}")
+    frame = pd.DataFrame(_rows(dataset), columns=list(BASE_COLUMNS))
+    if isinstance(dataset, VehicleIdDataset):
+        for size in sorted(dataset.test_lists):
+            frame[f"in_test_{size}"] = [size in image.test_lists for image in dataset.images]
+    frame = frame.astype(BASE_COLUMNS)
+
+    train = frame["split"] == "train"
+    dropped = 0
+    if train_vehicles == "attribute-labelled":
+        unlabelled = train & (frame["color_id"].isna() | frame["type_id"].isna())
+        dropped = int(frame.loc[unlabelled, "vehicle_id"].nunique())
+        frame = frame.loc[~unlabelled].reset_index(drop=True)
+        train = frame["split"] == "train"
+    if not train.any():
+        raise DatasetFormatError(dataset.root, f"no training images left after the '{train_vehicles}' filter")
+    classes = {vid: index for index, vid in enumerate(sorted(frame.loc[train, "vehicle_id"].unique()))}
+    frame.loc[train, "class_id"] = frame.loc[train, "vehicle_id"].map(classes).astype("Int32")
+
+    metadata = {
+        "format": "vehicleid" if isinstance(dataset, VehicleIdDataset) else "veri",
+        "root": str(Path(dataset.root).resolve()),
+        "color_names": list(dataset.color_names),
+        "type_names": list(getattr(dataset, "type_names", None) or getattr(dataset, "model_names", ())),
+        "camera_dist": getattr(dataset, "camera_dist", None),
+        "train_vehicles": train_vehicles,
+        "train_vehicles_dropped": dropped,
+        "num_classes": len(classes),
+        "notes": list(dataset.notes),
+    }
+    if metadata["camera_dist"] is not None:
+        metadata["camera_dist"] = metadata["camera_dist"].tolist()
+    return frame, metadata
+
+
+def write_manifest(frame: pd.DataFrame, metadata: dict, path: str | Path) -> None:
+    """Atomically write ``frame`` to Parquet with ``metadata`` under the ``agnet`` schema key."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    merged = dict(table.schema.metadata or {})
+    merged[METADATA_KEY] = json.dumps(metadata).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(merged), tmp)
+
+
+def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read a manifest written by :func:`write_manifest`: ``(frame, metadata)``."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DatasetFormatError(path, f"not a readable Parquet manifest ({error})") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise DatasetFormatError(path, "Parquet file lacks the 'agnet' metadata (was it written by agnet?)")
+    return table.to_pandas(), json.loads(raw)
+
+
+def make_manifest(fmt: str, root: str | Path, output: str | Path, train_vehicles: str = "attribute-labelled") -> pd.DataFrame:
+    """Read a dataset, build its manifest and write it to ``output``; returns the table."""
+    frame, metadata = build_manifest(read_dataset(fmt, root), train_vehicles)
+    write_manifest(frame, metadata, output)
+    return frame

@@ -1,0 +1,53 @@
+"""Obtaining a dataset from its configured source: an http(s) URL, a local archive, or a directory.
+
+Whatever the source, the result is a ``dataset.json`` locator (see :mod:`agnet.data.datasets`)
+pointing at a dataset root. Directories are used in place (nothing is copied); archives are
+checksummed, then unpacked under ``dest``; URLs are downloaded (resumable) to ``dest/downloads``
+first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from agnet.data.constants import HOW_TO_OBTAIN
+from agnet.data.datasets import find_root, resolve_root, write_locator
+from agnet.data.fetch import download, extract_archive, sha256_file
+from agnet.errors import DatasetMissingError, FetchError
+
+SOURCE_KINDS = ("url", "archive", "directory")
+
+
+def _verify_archive(archive: Path, sha256: str | None) -> None:
+    if sha256 is None:
+        return
+    found = sha256_file(archive)
+    if found != sha256.lower():
+        raise FetchError(f"checksum mismatch for {archive}: expected {sha256.lower()}, got {found}")
+
+
+def obtain(fmt: str, kind: str, location: str, dest: str | Path, locator: str | Path, sha256: str | None = None,
+           progress: bool = True) -> Path:
+    """Make the dataset of format ``fmt`` available and write its locator; returns the dataset root.
+
+    ``kind`` is one of :data:`SOURCE_KINDS`; ``location`` the URL or path; ``dest`` the folder that
+    receives downloads and unpacked archives.
+    """
+    dest = Path(dest)
+    if kind == "directory":
+        root = resolve_root(fmt, location)
+    elif kind in ("archive", "url"):
+        if kind == "url":
+            name = Path(urlparse(location).path).name or f"{fmt}.archive"
+            archive = download(location, dest / "downloads" / name, sha256=sha256, progress=progress)
+        else:
+            archive = Path(location)
+            if not archive.is_file():
+                raise DatasetMissingError(f"{fmt} archive not found at {archive}. {HOW_TO_OBTAIN[fmt]}")
+            _verify_archive(archive, sha256)
+        root = find_root(extract_archive(archive, dest / "extracted"), fmt)
+    else:
+        raise FetchError(f"unknown source kind {kind!r} (expected one of {', '.join(SOURCE_KINDS)})")
+    write_locator(locator, fmt, root, {"kind": kind, "location": str(location), "sha256": sha256})
+    return root

@@ -1,0 +1,1 @@
+"""Synthetic twins of VeRi-776 and VehicleID, written in the real on-disk formats."""

@@ -1,0 +1,50 @@
+# Helpers shared by every rule file: config validation, dataset lookups, target lists.
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir)))
+
+from agnet.config import validate_config  # noqa: E402  (needs the checkout on sys.path)
+from agnet.errors import ConfigError  # noqa: E402
+from snakemake.exceptions import WorkflowError  # noqa: E402
+
+try:
+    validate_config(config, source="config")
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration:\n{error}") from None
+
+# Rules call the package's CLI; PYTHONPATH makes it importable inside --use-conda environments too.
+AGNET = (
+    f"PYTHONPATH={Path(workflow.basedir).resolve()}${{PYTHONPATH:+:$PYTHONPATH}} python -m agnet"
+)
+DATASETS = {name: config["datasets"][name] for name in config["run"]}
+SYNTHETIC = [n for n, d in DATASETS.items() if d["source"]["kind"] == "synthetic"]
+EXTERNAL = [n for n, d in DATASETS.items() if d["source"]["kind"] != "synthetic"]
+
+
+def one_of(names):
+    """Wildcard regex matching exactly the given names (nothing if the list is empty)."""
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+def dataset(wildcards):
+    """Config entry of the dataset named by the {ds} wildcard."""
+    return DATASETS[wildcards.ds]
+
+
+def fetch_args(wildcards):
+    """`agnet data fetch` source flags for an external dataset."""
+    source = dataset(wildcards)["source"]
+    args = f"--{source['kind']} '{source['location']}'"
+    if source.get("sha256"):
+        args += f" --sha256 {source['sha256']}"
+    return args
+
+
+def all_targets():
+    """Final outputs of the workflow for every dataset in `run`."""
+    return expand(
+        ["results/data/{ds}/verify.json", "results/data/{ds}/manifest.parquet"],
+        ds=config["run"],
+    )

@@ -1,0 +1,89 @@
+# Dataset stage: obtain (synthesise or fetch) -> verify -> manifest, for every dataset in `run`.
+
+
+localrules:
+    fetch,
+
+
+rule synthesize:
+    output:
+        root=directory("results/data/{ds}/root"),
+        locator="results/data/{ds}/dataset.json",
+    wildcard_constraints:
+        ds=one_of(SYNTHETIC),
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        vehicles=lambda wc: dataset(wc)["source"]["vehicles"],
+        cameras=lambda wc: dataset(wc)["source"]["cameras"],
+        seed=lambda wc: dataset(wc)["source"]["seed"],
+    log:
+        "results/logs/{ds}/synthesize.log",
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    shell:
+        "({AGNET} data synth {params.fmt} {output.root} --vehicles {params.vehicles}"
+        " --cameras {params.cameras} --seed {params.seed} --workers {threads}"
+        " && {AGNET} data fetch {params.fmt} --directory {output.root}"
+        " --dest results/data/{wildcards.ds} -o {output.locator} --quiet) > {log} 2>&1"
+
+
+rule fetch:
+    output:
+        locator="results/data/{ds}/dataset.json",
+    wildcard_constraints:
+        ds=one_of(EXTERNAL),
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        source=fetch_args,
+    log:
+        "results/logs/{ds}/fetch.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{AGNET} data fetch {params.fmt} {params.source} --dest results/data/{wildcards.ds}"
+        " -o {output.locator} > {log} 2>&1"
+
+
+rule verify:
+    input:
+        locator="results/data/{ds}/dataset.json",
+    output:
+        report="results/data/{ds}/verify.json",
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        strict=lambda wc: "--strict" if dataset(wc)["strict"] else "",
+    log:
+        "results/logs/{ds}/verify.log",
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{AGNET} data verify {params.fmt} {input.locator} {params.strict} -o {output.report} > {log} 2>&1"
+
+
+rule manifest:
+    input:
+        locator="results/data/{ds}/dataset.json",
+        report="results/data/{ds}/verify.json",
+    output:
+        manifest="results/data/{ds}/manifest.parquet",
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        train_vehicles=lambda wc: dataset(wc)["train_vehicles"],
+    log:
+        "results/logs/{ds}/manifest.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{AGNET} data manifest {params.fmt} {input.locator} -o {output.manifest}"
+        " --train-vehicles {params.train_vehicles} > {log} 2>&1"
