@@ -1,4 +1,5 @@
-# Helpers shared by every rule file: config validation, dataset lookups, target lists.
+# Shared helpers: config validation, dataset lookups and the target list.
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
 
-# Rules call the package's CLI; PYTHONPATH makes it importable inside --use-conda environments too.
-AGNET = (
-    f"PYTHONPATH={Path(workflow.basedir).resolve()}${{PYTHONPATH:+:$PYTHONPATH}} python -m agnet"
-)
+# Rules call the package's CLI (`python -m agnet`); jobs inherit this PYTHONPATH, so the package
+# is importable inside --use-conda environments and on cluster nodes without installing it.
+_search_path = [str(Path(workflow.basedir).resolve()), os.environ.get("PYTHONPATH", "")]
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _search_path if p))
 DATASETS = {name: config["datasets"][name] for name in config["run"]}
 SYNTHETIC = [n for n, d in DATASETS.items() if d["source"]["kind"] == "synthetic"]
 EXTERNAL = [n for n, d in DATASETS.items() if d["source"]["kind"] != "synthetic"]

@@ -9,42 +9,42 @@ rule synthesize:
     output:
         root=directory("results/data/{ds}/root"),
         locator="results/data/{ds}/dataset.json",
+    log:
+        "results/logs/{ds}/synthesize.log",
     wildcard_constraints:
         ds=one_of(SYNTHETIC),
+    conda:
+        "../../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         fmt=lambda wc: dataset(wc)["format"],
         vehicles=lambda wc: dataset(wc)["source"]["vehicles"],
         cameras=lambda wc: dataset(wc)["source"]["cameras"],
         seed=lambda wc: dataset(wc)["source"]["seed"],
-    log:
-        "results/logs/{ds}/synthesize.log",
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../environment.yml"
     shell:
-        "({AGNET} data synth {params.fmt} {output.root} --vehicles {params.vehicles}"
+        "(python -m agnet data synth {params.fmt} {output.root} --vehicles {params.vehicles}"
         " --cameras {params.cameras} --seed {params.seed} --workers {threads}"
-        " && {AGNET} data fetch {params.fmt} --directory {output.root}"
+        " && python -m agnet data fetch {params.fmt} --directory {output.root}"
         " --dest results/data/{wildcards.ds} -o {output.locator} --quiet) > {log} 2>&1"
 
 
 rule fetch:
     output:
         locator="results/data/{ds}/dataset.json",
+    log:
+        "results/logs/{ds}/fetch.log",
     wildcard_constraints:
         ds=one_of(EXTERNAL),
+    conda:
+        "../../environment.yml"
     params:
         fmt=lambda wc: dataset(wc)["format"],
         source=fetch_args,
-    log:
-        "results/logs/{ds}/fetch.log",
-    conda:
-        "../../environment.yml"
     shell:
-        "{AGNET} data fetch {params.fmt} {params.source} --dest results/data/{wildcards.ds}"
+        "python -m agnet data fetch {params.fmt} {params.source} --dest results/data/{wildcards.ds}"
         " -o {output.locator} > {log} 2>&1"
 
 
@@ -53,19 +53,19 @@ rule verify:
         locator="results/data/{ds}/dataset.json",
     output:
         report="results/data/{ds}/verify.json",
-    params:
-        fmt=lambda wc: dataset(wc)["format"],
-        strict=lambda wc: "--strict" if dataset(wc)["strict"] else "",
     log:
         "results/logs/{ds}/verify.log",
+    conda:
+        "../../environment.yml"
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../environment.yml"
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        strict=lambda wc: "--strict" if dataset(wc)["strict"] else "",
     shell:
-        "{AGNET} data verify {params.fmt} {input.locator} {params.strict} -o {output.report} > {log} 2>&1"
+        "python -m agnet data verify {params.fmt} {input.locator} {params.strict} -o {output.report} > {log} 2>&1"
 
 
 rule manifest:
@@ -74,16 +74,16 @@ rule manifest:
         report="results/data/{ds}/verify.json",
     output:
         manifest="results/data/{ds}/manifest.parquet",
-    params:
-        fmt=lambda wc: dataset(wc)["format"],
-        train_vehicles=lambda wc: dataset(wc)["train_vehicles"],
     log:
         "results/logs/{ds}/manifest.log",
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../../environment.yml"
+    params:
+        fmt=lambda wc: dataset(wc)["format"],
+        train_vehicles=lambda wc: dataset(wc)["train_vehicles"],
     shell:
-        "{AGNET} data manifest {params.fmt} {input.locator} -o {output.manifest}"
+        "python -m agnet data manifest {params.fmt} {input.locator} -o {output.manifest}"
         " --train-vehicles {params.train_vehicles} > {log} 2>&1"

@@ -1,0 +1,53 @@
+"""Config validation: the shipped configs pass; unknown keys, wrong types and ranges are named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from agnet.config import load_config, validate_config
+from agnet.errors import ConfigError
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_shipped_configs_are_valid(config):
+    validated = validate_config(copy.deepcopy(config))
+    assert validated["datasets"]["veri"]["strict"] is True
+    assert validated["datasets"]["veri-synth"]["train_vehicles"] == "attribute-labelled"  # default filled
+    assert validated["datasets"]["veri"]["source"]["sha256"] is None
+    demo = yaml.safe_load((REPO / "workflow/configs/demo.yaml").read_text())
+    assert set(demo["run"]) <= set(config["datasets"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.update(trian={}), r"\(top level\): unknown key\(s\) 'trian'"),
+        (lambda c: c["datasets"]["veri"]["source"].update(lcoation="x"), r"datasets\.veri\.source: unknown key\(s\) 'lcoation'"),
+        (lambda c: c["datasets"]["veri"].update(strict="yes"), r"datasets\.veri\.strict: 'yes' is not of type 'boolean'"),
+        (lambda c: c["datasets"]["veri-synth"]["source"].update(cameras=1), r"datasets\.veri-synth\.source\.cameras: 1 is less than the minimum of 2"),
+        (lambda c: c["datasets"]["veri"].update(format="market"), r"datasets\.veri\.format: 'market' is not one of"),
+        (lambda c: c["datasets"]["veri"]["source"].update(sha256="abc"), r"datasets\.veri\.source\.sha256: 'abc' does not match"),
+        (lambda c: c["datasets"]["veri"]["source"].pop("location"), r"datasets\.veri\.source: 'location' is a required property"),
+        (lambda c: c["datasets"]["veri-synth"]["source"].pop("vehicles"), r"datasets\.veri-synth\.source: 'vehicles' is a required property"),
+        (lambda c: c.update(run=["veri", "nope"]), r"run: 'nope' not defined under 'datasets'"),
+    ],
+)
+def test_bad_config_names_the_key(config, mutate, message):
+    mutate(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, source="config.yaml")
+
+
+def test_load_config_reports_yaml_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("run: [veri\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: cannot read YAML"):
+        load_config(bad)
