@@ -79,6 +79,6 @@ def test_every_pyproject_dependency_is_pinned_in_both():
 def test_every_rule_declares_the_environment():
     for rules in (REPO / "workflow" / "rules").glob("*.smk"):
         text = rules.read_text()
-        rules_defined = re.findall(r"^rule (\w+):", text, flags=re.M)
+        rules_defined = re.findall(r"^rule (\w+):", text, flags=re.MULTILINE)
         declared = text.count('conda:\n        "../../environment.yml"')
         assert declared == len(rules_defined), f"{rules.name}: {len(rules_defined)} rules, {declared} conda: directives"

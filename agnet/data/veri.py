@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agnet.data.constants import VERI_COLORS, VERI_TYPES, VERI_TYPEID_ZERO_FIX
+from agnet.data.constants import VERI_COLORS, VERI_TYPEID_ZERO_FIX, VERI_TYPES
 from agnet.data.textfiles import decode_text, parse_int, require_file, token_lines
 from agnet.errors import DatasetFormatError
 

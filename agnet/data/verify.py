@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def verify_dataset(fmt: str, root_or_locator: str | Path, strict: bool = False, 
         "warnings": [],
         "strict": {"checked": strict, "deviations": []},
         "agnet_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
         root = resolve_root(fmt, root_or_locator)

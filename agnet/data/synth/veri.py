@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agnet.data.constants import VERI_COLORS, VERI_TYPES, VERI_TYPEID_ZERO_FIX
+from agnet.data.constants import VERI_COLORS, VERI_TYPEID_ZERO_FIX, VERI_TYPES
 from agnet.data.synth import render
 from agnet.data.synth.world import (
     Shot,
@@ -62,8 +62,8 @@ def synth_veri(out_dir: str | Path, vehicles: int = 100, cameras: int = 20, seed
     dist = camera_distances(positions)
     looks = [render.sample_camera(rng, "any") for _ in range(cameras)]
     ids = rng.permutation(np.arange(1, vehicles + 1))
-    n_train = max(2, min(vehicles - 2, int(round(vehicles * TRAIN_FRACTION))))
-    train_ids = set(int(v) for v in ids[:n_train])
+    n_train = max(2, min(vehicles - 2, round(vehicles * TRAIN_FRACTION)))
+    train_ids = {int(v) for v in ids[:n_train]}
     fleet = make_vehicles(rng, sorted(int(v) for v in ids), VERI_COLORS, [(s, 0) for s in VERI_TYPES])
 
     records: dict[str, dict[str, tuple[int, int, int]]] = {"train": {}, "test": {}}  # name -> (vehicle, camera, time)

@@ -8,6 +8,7 @@ generator seeded by ``(seed, image number)``, so the result does not depend on t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -116,10 +117,10 @@ def arrival_times(rng: np.random.Generator, dist: np.ndarray, path: Sequence[int
     speed = rng.uniform(6.0, 15.0)
     t = float(rng.uniform(0, day_s * 0.9))
     times = [t]
-    for a, b in zip(path[:-1], path[1:]):
+    for a, b in itertools.pairwise(path):
         t += dist[a, b] / speed + rng.uniform(0.0, 60.0)
         times.append(t)
-    return [int(round(x / 5.0)) * 5 for x in times]
+    return [round(x / 5.0) * 5 for x in times]
 
 
 def make_vehicles(
