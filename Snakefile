@@ -1,12 +1,14 @@
 # AGNet reproducibility suite: the whole paper as one DAG.
 # Run `snakemake --cores 8 --use-conda` (paper protocol, real datasets) or
 # `snakemake --cores 2 --configfile workflow/configs/demo.yaml` (synthetic twins).
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -15,10 +15,16 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
 
-# Rules call the package's CLI (`python -m agnet`); jobs inherit this PYTHONPATH, so the package
-# is importable inside --use-conda environments and on cluster nodes without installing it.
+# Rules call the package's CLI (`python -m agnet`). Jobs inherit this environment: PYTHONPATH makes
+# the checkout importable inside --use-conda environments and on cluster nodes, and PATH starts with
+# the interpreter running Snakemake (a virtualenv's `bin/`), which --use-conda activation precedes.
 _search_path = [str(Path(workflow.basedir).resolve()), os.environ.get("PYTHONPATH", "")]
-os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _search_path if p))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in _search_path if p),
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    ),
+)
 DATASETS = {name: config["datasets"][name] for name in config["run"]}
 SYNTHETIC = [n for n, d in DATASETS.items() if d["source"]["kind"] == "synthetic"]
 EXTERNAL = [n for n, d in DATASETS.items() if d["source"]["kind"] != "synthetic"]
