@@ -14,14 +14,20 @@ from PIL import Image, ImageDraw
 from agnet.atomic import atomic_path
 from agnet.data.datasets import read_dataset, resolve_root
 
-CELL = 96  # pixels, square cells
-LABEL_W = 150
+CELL = 112  # pixels, square cells
+LABEL_W = 110
 
 
 def _label(image, names_color, names_type) -> str:
-    color = names_color[image.color_id] if image.color_id is not None else "?"
-    vtype = names_type[image.type_id] if image.type_id is not None and names_type else "?"
-    return f"id {image.vehicle_id}\n{color} {vtype}"
+    """Two text lines: vehicle id, then colour and type (type id where the name is not ASCII)."""
+    color = names_color[image.color_id] if image.color_id is not None else "no colour"
+    if image.type_id is None:
+        vtype = "no type"
+    elif names_type and names_type[image.type_id].isascii():
+        vtype = names_type[image.type_id]
+    else:
+        vtype = f"model {image.type_id}"
+    return f"id {image.vehicle_id}\n{color}\n{vtype}"
 
 
 def sample_grid(fmt: str, root: str | Path, output: str | Path, vehicles: int = 8, per_vehicle: int = 8, seed: int = 0) -> None:
@@ -37,7 +43,8 @@ def sample_grid(fmt: str, root: str | Path, output: str | Path, vehicles: int = 
     for vid, images in by_vehicle.items():
         groups.setdefault((images[0].color_id, images[0].type_id), []).append(vid)
     chosen: list[int] = []
-    for key in sorted(groups, key=lambda k: -len(groups[k])):  # biggest shared-attribute groups first
+    labelled_first = sorted(groups, key=lambda k: (None in k, -len(groups[k])))  # biggest labelled groups first
+    for key in labelled_first:
         chosen.extend(groups[key][:2])
         if len(chosen) >= vehicles:
             break
@@ -48,7 +55,7 @@ def sample_grid(fmt: str, root: str | Path, output: str | Path, vehicles: int = 
     for row, vid in enumerate(chosen):
         images = by_vehicle[vid]
         picks = rng.choice(len(images), size=min(per_vehicle, len(images)), replace=False)
-        draw.multiline_text((6, row * CELL + 30), _label(images[0], dataset.color_names, type_names), fill="black")
+        draw.multiline_text((6, row * CELL + 36), _label(images[0], dataset.color_names, type_names), fill="black")
         for col, pick in enumerate(sorted(picks, key=lambda i: getattr(images[i], "camera_id", 0) or 0)):
             with Image.open(root / images[pick].path) as tile:
                 tile = tile.convert("RGB")
