@@ -21,7 +21,7 @@ def test_shipped_configs_are_valid(config):
     validated = validate_config(copy.deepcopy(config))
     assert validated["datasets"]["veri"]["strict"] is True
     assert validated["datasets"]["veri-synth"]["train_vehicles"] == "attribute-labelled"  # default filled
-    assert validated["datasets"]["veri"]["source"]["sha256"] is None
+    assert "sha256" not in validated["datasets"]["veri"]["source"]  # optional for directories
     demo = yaml.safe_load((REPO / "workflow/configs/demo.yaml").read_text())
     assert set(demo["run"]) <= set(config["datasets"])
 
@@ -38,6 +38,8 @@ def test_shipped_configs_are_valid(config):
         (lambda c: c["datasets"]["veri"]["source"].pop("location"), r"datasets\.veri\.source: 'location' is a required property"),
         (lambda c: c["datasets"]["veri-synth"]["source"].pop("vehicles"), r"datasets\.veri-synth\.source: 'vehicles' is a required property"),
         (lambda c: c.update(run=["veri", "nope"]), r"run: 'nope' not defined under 'datasets'"),
+        (lambda c: c["datasets"]["veri"].update(source={"kind": "url", "location": "https://x/VeRi.zip"}),
+         r"datasets\.veri\.source: 'sha256' is a required property"),
     ],
 )
 def test_bad_config_names_the_key(config, mutate, message):

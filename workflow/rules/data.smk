@@ -36,6 +36,9 @@ rule fetch:
         locator="results/data/{ds}/dataset.json",
     log:
         "results/logs/{ds}/fetch.log",
+    resources:
+        mem_mb=1000,
+        runtime=600,
     wildcard_constraints:
         ds=one_of(EXTERNAL),
     conda:
