@@ -5,7 +5,9 @@
     agnet data verify {veri,vehicleid} ROOT [--strict] [-o REPORT.json]     (exit 0 = valid, 1 = invalid)
     agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}]
     agnet data grid {veri,vehicleid} ROOT -o GRID.png
-    agnet config check CONFIG.yaml
+    agnet train --config CONFIG [--config MORE] --manifest MANIFEST.parquet --variant VARIANT --seed S --out RUN_DIR [--resume]
+    agnet weights fetch BACKBONE --cache DIR
+    agnet config check CONFIG.yaml [MORE.yaml ...]
 
 ROOT is a dataset directory or the ``dataset.json`` written by ``agnet data fetch``. User errors
 (bad input, missing data) print one ``agnet: error: ...`` line and exit with status 1.
@@ -85,8 +87,44 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from agnet.config import load_config
 
-    load_config(args.config)
-    print(f"{args.config}: valid")
+    load_config(*args.config)
+    print(f"{' + '.join(map(str, args.config))}: valid")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agnet.config import load_config
+    from agnet.train.loop import TrainingInterrupted, train
+    from agnet.train.settings import resolve_settings
+
+    settings = resolve_settings(load_config(*args.config), args.variant)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        record = train(settings, args.manifest, args.out, args.seed, resume=args.resume, weights_cache=args.weights_cache,
+                       device=args.device, progress=not args.no_progress)
+    except TrainingInterrupted as interrupted:
+        print(f"agnet: {interrupted}", file=sys.stderr)
+        return 128 + interrupted.signum
+    final = record["final"]
+    print(f"trained {args.variant} seed {args.seed}: {final['epoch']} epochs, loss {final['loss_total']:.4f}, "
+          f"train ID accuracy {final['acc_id']:.3f} -> {args.out}/model.pt")
+    return 0
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from agnet.weights import fetch_main
+
+    path = fetch_main(args.backbone, args.cache)
+    if args.record:
+        from agnet.atomic import write_text
+        from agnet.data.fetch import sha256_file
+
+        record = {"backbone": args.backbone, "path": str(path.resolve()), "sha256": sha256_file(path)}
+        write_text(args.record, json.dumps(record, indent=2) + "\n")
+    print(f"ImageNet weights for {args.backbone}: {path}")
     return 0
 
 
@@ -94,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
     parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
     parser.add_argument("--version", action="version", version=f"agnet {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,config}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,weights,config}")
 
     data = groups.add_parser("data", help="obtain, synthesise, verify and index datasets")
     data_cmds = data.add_subparsers(dest="command", required=True)
@@ -148,10 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=0)
     grid.set_defaults(func=_cmd_grid)
 
+    train = groups.add_parser("train", help="train one (dataset, variant, seed) run")
+    train.add_argument("--config", type=Path, action="append", required=True,
+                       help="workflow config file; repeat to merge (later files override, as --configfile)")
+    train.add_argument("--manifest", type=Path, required=True, help="dataset manifest (Parquet)")
+    train.add_argument("--variant", required=True, help="a key of `variants` in the config")
+    train.add_argument("--seed", type=int, required=True)
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
+    train.add_argument("--weights-cache", type=Path, default=Path("results/weights"),
+                       help="folder of downloaded ImageNet weights")
+    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    weights = groups.add_parser("weights", help="pretrained weights")
+    weights_cmds = weights.add_subparsers(dest="command", required=True)
+    fetch_weights = weights_cmds.add_parser("fetch", help="download torchvision's ImageNet weights, hash-checked")
+    fetch_weights.add_argument("backbone")
+    fetch_weights.add_argument("--cache", type=Path, required=True)
+    fetch_weights.add_argument("--record", type=Path, help="JSON record (path, sha256) to write for the workflow")
+    fetch_weights.set_defaults(func=_cmd_weights_fetch)
+
     config = groups.add_parser("config", help="configuration utilities")
     config_cmds = config.add_subparsers(dest="command", required=True)
-    check = config_cmds.add_parser("check", help="validate a workflow config against the schema")
-    check.add_argument("config", type=Path)
+    check = config_cmds.add_parser("check", help="validate workflow config files (merged in order) against the schema")
+    check.add_argument("config", type=Path, nargs="+")
     check.set_defaults(func=_cmd_config_check)
     return parser
 

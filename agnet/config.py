@@ -7,6 +7,7 @@ and what was expected, e.g. ``config.yaml: datasets.veri.source: unknown key 'lc
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in recursively (neither argument is modified)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """Read the JSON schema (YAML syntax)."""
     if not path.is_file():
@@ -63,11 +75,18 @@ def validate_config(config: dict[str, Any], source: str = "config", schema_path:
     return config
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML ({error})") from None
-    return validate_config(config, source=str(path))
+def load_config(*paths: str | Path) -> dict[str, Any]:
+    """Read one or more YAML config files, merge them in order (later ones override, recursively,
+    as Snakemake's ``--configfile`` does) and validate the result."""
+    if not paths:
+        raise ConfigError("no config file given")
+    config: dict[str, Any] = {}
+    for path in map(Path, paths):
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read YAML ({error})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        config = deep_merge(config, loaded)
+    return validate_config(config, source=" + ".join(map(str, paths)))

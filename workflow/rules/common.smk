@@ -8,10 +8,13 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from agnet.config import validate_config  # noqa: E402  (needs the checkout on sys.path)
 from agnet.errors import ConfigError  # noqa: E402
+from agnet.train.settings import resolve_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
     validate_config(config, source="config")
+    for _variant in config["train_variants"]:
+        resolve_settings(config, _variant)
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
 
@@ -25,6 +28,10 @@ os.environ.update(
         [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
     ),
 )
+# Config files in merge order (the workflow's own first); `agnet train` merges them the same way.
+CONFIG_FILES = [str(Path(workflow.basedir, "config.yaml").resolve())] + [
+    str(Path(p).resolve()) for p in workflow.overwrite_configfiles
+]
 DATASETS = {name: config["datasets"][name] for name in config["run"]}
 SYNTHETIC = [n for n, d in DATASETS.items() if d["source"]["kind"] == "synthetic"]
 EXTERNAL = [n for n, d in DATASETS.items() if d["source"]["kind"] != "synthetic"]
@@ -49,9 +56,32 @@ def fetch_args(wildcards):
     return args
 
 
+def variant_settings(wildcards):
+    """Resolved training settings of the {variant} wildcard (a change re-triggers training)."""
+    return resolve_settings(config, wildcards.variant).to_dict()
+
+
+def weights_input(wildcards):
+    """The ImageNet weights record a run needs, if its variant starts from ImageNet."""
+    settings = resolve_settings(config, wildcards.variant)
+    if settings.pretrained != "imagenet":
+        return []
+    return f"results/weights/{settings.backbone}.json"
+
+
+def config_args(wildcards):
+    """`--config` flags reproducing this workflow's merged configuration."""
+    return " ".join(f"--config '{path}'" for path in CONFIG_FILES)
+
+
 def all_targets():
     """Final outputs of the workflow for every dataset in `run`."""
     return expand(
         ["results/data/{ds}/verify.json", "results/data/{ds}/manifest.parquet"],
         ds=config["run"],
+    ) + expand(
+        "results/runs/{ds}/{variant}/seed{seed}/model.pt",
+        ds=config["run"],
+        variant=config["train_variants"],
+        seed=config["seeds"],
     )

@@ -36,13 +36,13 @@ rule fetch:
         locator="results/data/{ds}/dataset.json",
     log:
         "results/logs/{ds}/fetch.log",
-    resources:
-        mem_mb=1000,
-        runtime=600,
     wildcard_constraints:
         ds=one_of(EXTERNAL),
     conda:
         "../../environment.yml"
+    resources:
+        mem_mb=1000,
+        runtime=600,
     params:
         fmt=lambda wc: dataset(wc)["format"],
         source=fetch_args,

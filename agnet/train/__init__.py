@@ -1,0 +1,1 @@
+"""Training stage: settings, pair sampling and data, checkpoints and the training loop."""

@@ -1,0 +1,548 @@
+"""Training data: the training split, the pair-batch plan, image loading and the DataLoader.
+
+AGNet trains on image *pairs* (paper §III.A): a batch of ``batch_size`` images holds
+``P = batch_size // 2`` anchors followed by their ``P`` pair partners (partner ``k`` pairs with
+anchor ``k``). The identification losses use all images, the verification head uses the pairs.
+
+Determinism contract (a resumed run replays exactly):
+
+* :meth:`PairSampler.plan` depends only on the training set, ``batch_size``, the two fractions,
+  ``seed`` and ``epoch`` (numpy ``SeedSequence([seed, epoch, tag])``).
+* The augmentation of one image (the horizontal flip) depends only on
+  ``(seed, epoch, step, slot)``, never on the worker id, the worker count or any global RNG, so
+  batches are bit-identical with 0 or N workers and when an epoch is resumed at a later step.
+* :func:`make_loader` gives the DataLoader its own ``torch.Generator``, so iterating it does not
+  advance the global torch RNG either.
+
+Sampling rules (documented choices):
+
+* Every training image is an anchor once per epoch, in a shuffled order. Anchors are cut into
+  batches of ``P``; a last incomplete batch is **kept** if it has at least 2 anchors and
+  **dropped** if it would have a single anchor (so at most one image per epoch is not an anchor).
+* With probability ``positive_fraction`` the partner is a uniformly drawn *different* image of
+  the same vehicle. A vehicle with a single training image is paired with **that same image**
+  (still a positive, ``same=True``): the pair label stays correct and the positive share is kept.
+* Otherwise the pair is negative. With probability ``hard_negative_fraction`` the partner is a
+  uniformly drawn image of another vehicle with the same colour *and* type as the anchor image
+  (both labelled); if the anchor's colour or type is missing, or no other vehicle shares them, it
+  falls back to a uniformly drawn image of any other vehicle (as does the remaining share).
+  Negatives are uniform over *images* (vehicles with more images are drawn more often).
+* ``hard`` flags a pair whose two images differ in vehicle but share colour and type, both
+  labelled; a random negative can therefore be hard by chance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from agnet.atomic import atomic_path
+from agnet.errors import AgnetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+_PLAN_TAG = 0x504C414E  # "PLAN": separates the plan stream from the augmentation stream
+_AUGMENT_TAG = 0x41554745  # "AUGE"
+_CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Training split
+
+
+def _label_array(column: pd.Series) -> np.ndarray:
+    """Nullable integer column -> int64 array with -1 for missing."""
+    return column.astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
+
+
+class TrainSet:
+    """The training split: absolute image paths and int64 labels (``-1`` = missing attribute).
+
+    ``paths`` is an object array of ``str``; ``class_ids`` must be ``0..num_classes-1`` with every
+    class present; ``color_ids``/``type_ids`` are ``-1`` where unlabelled (no class is invented).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], class_ids, color_ids=None, type_ids=None):
+        self.paths = np.array([str(p) for p in paths], dtype=object)
+        n = len(self.paths)
+        self.class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        missing = np.full(n, -1, dtype=np.int64)
+        self.color_ids = missing.copy() if color_ids is None else np.asarray(color_ids, dtype=np.int64).reshape(-1)
+        self.type_ids = missing.copy() if type_ids is None else np.asarray(type_ids, dtype=np.int64).reshape(-1)
+        if n == 0:
+            raise AgnetError("training set is empty: the manifest has no 'train' rows")
+        for name in ("class_ids", "color_ids", "type_ids"):
+            if len(getattr(self, name)) != n:
+                raise AgnetError(f"training set: {name} has {len(getattr(self, name))} entries for {n} images")
+        if self.class_ids.min() < 0:
+            raise AgnetError("training set: class ids must be >= 0 (a training row lacks its class_id)")
+        self.num_classes = int(self.class_ids.max()) + 1
+        present = np.bincount(self.class_ids, minlength=self.num_classes) > 0
+        if not present.all():
+            absent = np.flatnonzero(~present)
+            raise AgnetError(
+                f"training set: class ids must be contiguous 0..{self.num_classes - 1}; "
+                f"{len(absent)} missing (first: {', '.join(map(str, absent[:5]))})"
+            )
+        for name in ("color_ids", "type_ids"):
+            if getattr(self, name).min() < -1:
+                raise AgnetError(f"training set: {name} must be >= 0 or -1 (missing)")
+        for array in (self.paths, self.class_ids, self.color_ids, self.type_ids):
+            array.setflags(write=False)
+
+    @classmethod
+    def from_manifest(cls, frame: pd.DataFrame, root: str | Path) -> TrainSet:
+        """The ``split == "train"`` rows of a manifest; ``root`` is ``metadata["root"]``."""
+        train = frame.loc[frame["split"] == "train"]
+        if train.empty:
+            raise AgnetError("manifest has no 'train' rows: nothing to train on")
+        if train["class_id"].isna().any():
+            raise AgnetError(f"manifest: {int(train['class_id'].isna().sum())} training rows lack a class_id")
+        root = Path(root)
+        paths = [str(root / p) for p in train["path"].tolist()]
+        return cls(paths, _label_array(train["class_id"]), _label_array(train["color_id"]), _label_array(train["type_id"]))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over paths and labels (what a checkpoint can store to detect a changed split)."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.paths.tolist()).encode())
+        for array in (self.class_ids, self.color_ids, self.type_ids):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair plan
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One planned batch: ``indices`` = P anchors then their P partners (TrainSet positions)."""
+
+    step: int
+    indices: np.ndarray  # int64 (2P,)
+    same: np.ndarray  # bool (P,): pair shows the same vehicle
+    hard: np.ndarray  # bool (P,): different vehicles sharing colour and type (both labelled)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.same)
+
+
+def _floor_pick(u: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``floor(u * n)`` clipped to ``n - 1`` (uniform integer in ``[0, n)`` from ``u`` in [0, 1))."""
+    return np.minimum((u * n).astype(np.int64), np.maximum(n - 1, 0))
+
+
+class PairSampler:
+    """Deterministic, resumable plan of pair batches (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        train: TrainSet,
+        batch_size: int,
+        positive_fraction: float,
+        hard_negative_fraction: float,
+        seed: int,
+    ):
+        if batch_size < 2 or batch_size % 2:
+            raise AgnetError(f"batch_size must be an even number >= 2, got {batch_size}")
+        for name, value in (("positive_fraction", positive_fraction), ("hard_negative_fraction", hard_negative_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise AgnetError(f"{name} must lie in [0, 1], got {value}")
+        if train.num_classes < 2 and positive_fraction < 1.0:
+            raise AgnetError("negative pairs need at least two training vehicles")
+        self.train = train
+        self.batch_size = int(batch_size)
+        self.pairs_per_batch = self.batch_size // 2
+        self.positive_fraction = float(positive_fraction)
+        self.hard_negative_fraction = float(hard_negative_fraction)
+        self.seed = int(seed)
+        if self.steps_per_epoch == 0:
+            raise AgnetError(f"training set of {len(train)} image(s) is too small for one pair batch")
+        self._index()
+        self._cached: tuple[int, list[Batch]] | None = None
+
+    def _index(self) -> None:
+        """Per-image lookup arrays so that planning an epoch is a handful of vectorised ops."""
+        cls = self.train.class_ids
+        n = len(cls)
+        counts = np.bincount(cls, minlength=self.train.num_classes)
+        starts = np.cumsum(counts) - counts
+        self._by_class = np.argsort(cls, kind="stable")  # images grouped by class
+        self._cls_start = starts[cls]
+        self._cls_count = counts[cls]
+        rank = np.empty(n, dtype=np.int64)
+        rank[self._by_class] = np.arange(n) - starts[cls[self._by_class]]
+        self._rank = rank  # position of each image inside its class block
+
+        color, vtype = self.train.color_ids, self.train.type_ids
+        labelled = np.flatnonzero((color >= 0) & (vtype >= 0))
+        self._hard_ok = np.zeros(n, dtype=bool)
+        self._grp_start = np.zeros(n, dtype=np.int64)
+        self._grp_size = np.zeros(n, dtype=np.int64)
+        self._blk_start = np.zeros(n, dtype=np.int64)
+        self._blk_size = np.zeros(n, dtype=np.int64)
+        self._by_group = labelled
+        if len(labelled):
+            _, group = np.unique(np.stack([color[labelled], vtype[labelled]], axis=1), axis=0, return_inverse=True)
+            group = group.reshape(-1).astype(np.int64)
+            order = np.lexsort((cls[labelled], group))  # by (colour-type group, class)
+            self._by_group = labelled[order]
+            group = group[order]
+            g_counts = np.bincount(group)
+            g_starts = np.cumsum(g_counts) - g_counts
+            block_key = group * self.train.num_classes + cls[self._by_group]
+            _, b_first, b_inverse, b_counts = np.unique(
+                block_key, return_index=True, return_inverse=True, return_counts=True
+            )
+            images = self._by_group
+            self._grp_start[images] = g_starts[group]
+            self._grp_size[images] = g_counts[group]
+            self._blk_start[images] = b_first[b_inverse]
+            self._blk_size[images] = b_counts[b_inverse]
+            self._hard_ok[images] = g_counts[group] > b_counts[b_inverse]
+
+    @property
+    def anchors_per_epoch(self) -> int:
+        """Images used as anchors per epoch (all but a dropped single-anchor remainder)."""
+        n, p = len(self.train), self.pairs_per_batch
+        return n - 1 if n % p == 1 else n
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, p = len(self.train), self.pairs_per_batch
+        return n // p + (1 if n % p >= 2 else 0)
+
+    def plan(self, epoch: int) -> list[Batch]:
+        """The batches of ``epoch`` (a pure function of the sampler's inputs, seed and epoch)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return list(self._cached[1])
+        n = len(self.train)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), _PLAN_TAG]))
+        order = rng.permutation(n)
+        u = rng.random((4, n))  # drawn for all n, so choices do not depend on the batch size
+        kept = self.anchors_per_epoch
+        anchor = order[:kept]
+        u_kind, u_hard, u_pos, u_neg = u[:, :kept]
+        cls = self.train.class_ids
+
+        # positives: a different image of the same class (the image itself for singletons)
+        count, rank = self._cls_count[anchor], self._rank[anchor]
+        pick = _floor_pick(u_pos, count - 1)
+        pick += pick >= rank
+        positive = np.where(count > 1, self._by_class[np.minimum(self._cls_start[anchor] + pick, n - 1)], anchor)
+
+        # random negatives: any image outside the anchor's class block
+        others = n - count
+        pick = _floor_pick(u_neg, others)
+        pick += (pick >= self._cls_start[anchor]) * count
+        random_neg = self._by_class[np.clip(pick, 0, n - 1)]
+
+        # hard negatives: an image of another class inside the same (colour, type) group
+        if len(self._by_group):
+            blk_size = self._blk_size[anchor]
+            pick = self._grp_start[anchor] + _floor_pick(u_neg, self._grp_size[anchor] - blk_size)
+            pick += (pick >= self._blk_start[anchor]) * blk_size
+            hard_neg = self._by_group[np.clip(pick, 0, len(self._by_group) - 1)]
+        else:
+            hard_neg = random_neg
+        use_hard = (u_hard < self.hard_negative_fraction) & self._hard_ok[anchor]
+        negative = np.where(use_hard, hard_neg, random_neg)
+
+        partner = np.where(u_kind < self.positive_fraction, positive, negative)
+        same = cls[anchor] == cls[partner]
+        color, vtype = self.train.color_ids, self.train.type_ids
+        hard = (
+            ~same
+            & (color[anchor] >= 0)
+            & (vtype[anchor] >= 0)
+            & (color[anchor] == color[partner])
+            & (vtype[anchor] == vtype[partner])
+        )
+
+        p = self.pairs_per_batch
+        batches = []
+        for step, lo in enumerate(range(0, kept, p)):
+            hi = min(lo + p, kept)
+            indices = np.concatenate([anchor[lo:hi], partner[lo:hi]]).astype(np.int64)
+            pair_same, pair_hard = same[lo:hi].copy(), hard[lo:hi].copy()
+            for array in (indices, pair_same, pair_hard):
+                array.setflags(write=False)
+            batches.append(Batch(step, indices, pair_same, pair_hard))
+        self._cached = (int(epoch), batches)
+        return list(batches)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The plan of ``epoch`` from ``start_step`` on (resume mid-epoch)."""
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise AgnetError(f"start_step {start_step} outside 0..{self.steps_per_epoch}")
+        yield from self.plan(epoch)[start_step:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def load_resized(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:
+    """Decode ``path`` to RGB and resize (bilinear) to ``input_size = (H, W)``: uint8 (H, W, 3)."""
+    height, width = input_size
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8).copy()
+
+
+def to_tensor(pixels: np.ndarray, flip: bool) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W), optionally mirrored left-right, ImageNet-normalised."""
+    if flip:
+        pixels = pixels[:, ::-1]
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return tensor.sub_(_MEAN).div_(_STD)
+
+
+def flip_decision(seed: int, epoch: int, step: int, slot: int) -> bool:
+    """Whether the image at ``slot`` of ``step`` in ``epoch`` is mirrored (p = 0.5)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(step), int(slot), _AUGMENT_TAG]))
+    return bool(rng.random() < 0.5)
+
+
+class DecodedCache:
+    """Every image of a list decoded once to uint8 ``(N, H, W, 3)`` at ``input_size``, memory-mapped.
+
+    The file ``<cache_dir>/decoded-<key>.npy`` is keyed by a hash of the paths, their sizes and
+    modification times, and ``input_size``; it is written through a temporary file and
+    ``os.replace``, so a killed build leaves no partial cache. A second construction with the same
+    inputs reuses the file (``built`` is then False). The map is opened lazily in each process and
+    never pickled. Size: N * H * W * 3 bytes (VeRi at 224x224: about 12 GB).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], input_size: tuple[int, int], cache_dir: str | Path,
+                 threads: int | None = None):
+        self.paths = [str(p) for p in paths]
+        self.count = len(self.paths)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.key = self._key(self.paths, self.input_size)
+        self.path = Path(cache_dir) / f"decoded-{self.key[:24]}.npy"
+        self._array: np.ndarray | None = None
+        self.built = False
+        if not self._valid():
+            self._build(threads or min(16, os.cpu_count() or 1))
+            self.built = True
+
+    @classmethod
+    def for_trainset(cls, train: TrainSet, input_size: tuple[int, int], cache_dir: str | Path,
+                     threads: int | None = None) -> DecodedCache:
+        return cls(train.paths.tolist(), input_size, cache_dir, threads)
+
+    @staticmethod
+    def _key(paths: list[str], input_size: tuple[int, int]) -> str:
+        digest = hashlib.sha256(json.dumps({"version": _CACHE_VERSION, "size": list(input_size)}).encode())
+        for path in paths:
+            try:
+                stat = os.stat(path)
+            except OSError as error:
+                raise AgnetError(f"cannot read training image {path}: {error.strerror}") from None
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.count, *self.input_size, 3)
+
+    def _valid(self) -> bool:
+        if not self.path.is_file():
+            return False
+        try:
+            array = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        return array.shape == self.shape and array.dtype == np.uint8
+
+    def _build(self, threads: int) -> None:
+        with atomic_path(self.path) as tmp:
+            self._fill(np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape), threads)
+
+    def _fill(self, array: np.ndarray, threads: int) -> None:
+        def decode(i: int) -> None:
+            array[i] = load_resized(self.paths[i], self.input_size)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for _ in pool.map(decode, range(self.count), chunksize=64):
+                pass
+        array.flush()
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self.array[index])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_array"] = None  # reopen in the worker instead of pickling the whole map
+        state["paths"] = []  # not needed to read; keeps worker start-up light
+        return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and loader
+
+
+class SampleKey(NamedTuple):
+    """What the batch sampler hands the dataset for one image of a planned batch."""
+
+    epoch: int
+    step: int
+    slot: int  # 0..2P-1: anchors first, then partners
+    index: int  # TrainSet position
+    same: bool  # flags of the pair the slot belongs to (slot % P)
+    hard: bool
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style dataset over :class:`SampleKey`: loads, resizes, flips and normalises one image.
+
+    Holds only the paths, labels and (optionally) a :class:`DecodedCache`, so forked or spawned
+    workers start light. The flip is :func:`flip_decision` of ``(seed, epoch, step, slot)``.
+    """
+
+    def __init__(self, train: TrainSet, input_size: tuple[int, int], hflip: bool, seed: int,
+                 cache: DecodedCache | None = None):
+        self.paths = train.paths
+        self.class_ids = train.class_ids
+        self.color_ids = train.color_ids
+        self.type_ids = train.type_ids
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.hflip = bool(hflip)
+        self.seed = int(seed)
+        self.cache = cache
+        if cache is not None:
+            if cache.input_size != self.input_size:
+                raise AgnetError(f"decoded cache is {cache.input_size}, training input_size is {self.input_size}")
+            if len(cache) != len(train) or (cache.paths and cache.paths != train.paths.tolist()):
+                raise AgnetError("decoded cache was built for a different list of training images")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """Resized uint8 (H, W, 3) image ``index`` (from the cache when there is one)."""
+        if self.cache is not None:
+            return self.cache[index]
+        return load_resized(self.paths[index], self.input_size)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
+        key = SampleKey(*key)
+        flip = self.hflip and flip_decision(self.seed, key.epoch, key.step, key.slot)
+        return {
+            "image": to_tensor(self.pixels(key.index), flip),
+            "index": key.index,
+            "class_id": int(self.class_ids[key.index]),
+            "color_id": int(self.color_ids[key.index]),
+            "type_id": int(self.type_ids[key.index]),
+            "flipped": flip,
+            "same": key.same,
+            "hard": key.hard,
+            "step": key.step,
+            "slot": key.slot,
+        }
+
+
+def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the samples of one planned batch (slot order) into the training batch dict."""
+    pairs = len(samples) // 2
+    long = torch.int64
+    return {
+        "images": torch.stack([s["image"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=long),
+        "class_id": torch.tensor([s["class_id"] for s in samples], dtype=long),
+        "color_id": torch.tensor([s["color_id"] for s in samples], dtype=long),
+        "type_id": torch.tensor([s["type_id"] for s in samples], dtype=long),
+        "flipped": torch.tensor([s["flipped"] for s in samples], dtype=torch.bool),
+        "same": torch.tensor([s["same"] for s in samples[:pairs]], dtype=torch.bool),
+        "hard": torch.tensor([s["hard"] for s in samples[:pairs]], dtype=torch.bool),
+        "step": int(samples[0]["step"]),
+    }
+
+
+class PlanBatchSampler(torch.utils.data.Sampler):
+    """Yields the :class:`SampleKey` lists of ``sampler.plan(epoch)[start_step:]``."""
+
+    def __init__(self, sampler: PairSampler, epoch: int, start_step: int = 0):
+        self.sampler = sampler
+        self.epoch = int(epoch)
+        self.start_step = int(start_step)
+        if not 0 <= self.start_step <= sampler.steps_per_epoch:
+            raise AgnetError(f"start_step {start_step} outside 0..{sampler.steps_per_epoch}")
+
+    def __len__(self) -> int:
+        return self.sampler.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for batch in self.sampler.batches(self.epoch, self.start_step):
+            pairs = batch.pairs
+            same, hard = batch.same.tolist(), batch.hard.tolist()
+            yield [
+                SampleKey(self.epoch, batch.step, slot, int(index), same[slot % pairs], hard[slot % pairs])
+                for slot, index in enumerate(batch.indices.tolist())
+            ]
+
+
+def make_loader(
+    train: TrainSet,
+    sampler: PairSampler,
+    settings: Any,
+    epoch: int,
+    start_step: int = 0,
+    seed: int | None = None,
+    cache: DecodedCache | None = None,
+) -> torch.utils.data.DataLoader:
+    """DataLoader over the plan of ``epoch`` from ``start_step``; each item is a batch dict.
+
+    Keys: ``images`` float32 (B, 3, H, W) normalised; ``class_id``, ``color_id``, ``type_id``,
+    ``index`` int64 (B,) (``-1`` = missing attribute); ``flipped`` bool (B,); ``same``, ``hard``
+    bool (B/2,); ``step`` int. ``settings`` needs ``input_size``, ``hflip`` and ``workers`` (a
+    :class:`~agnet.train.settings.TrainSettings`). ``seed`` drives augmentation (default: the
+    sampler's seed; a separate stream from the plan). ``len(loader)`` is the number of steps left.
+    """
+    if sampler.train is not train and sampler.train.fingerprint() != train.fingerprint():
+        raise AgnetError("make_loader: the sampler was built on a different training set")
+    seed = sampler.seed if seed is None else int(seed)
+    dataset = PairDataset(train, tuple(settings.input_size), settings.hflip, seed, cache)
+    workers = int(settings.workers)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=PlanBatchSampler(sampler, epoch, start_step),
+        num_workers=workers,
+        collate_fn=collate_pairs,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        # own generator: creating the iterator must not draw from the global torch RNG
+        generator=torch.Generator().manual_seed(seed),
+    )

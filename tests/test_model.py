@@ -1,0 +1,80 @@
+"""AGNet model: shapes of every head and embedding, the mask, gradient flow, descriptors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agnet.model import AGNet, build_trunk, descriptors, trunk_channels
+
+
+def tiny(num_classes=7, colors=5, types=4, dim=32, backbone="resnet18_narrow"):
+    torch.manual_seed(0)
+    return AGNet(build_trunk(backbone), num_classes, colors, types, dim)
+
+
+def test_output_shapes_of_every_head_and_embedding():
+    model = tiny().eval()
+    out = model(torch.randn(3, 3, 64, 48))
+    assert out["mask"].shape == (3, 128, 1, 1)
+    assert out["e_attr"].shape == out["e_id"].shape == (3, 32)
+    assert out["color_logits"].shape == (3, 5)
+    assert out["type_logits"].shape == (3, 4)
+    assert out["id_logits"].shape == (3, 7)
+    assert model.verify(out["e_id"][:2], out["e_id"][1:]).shape == (2, 2)
+
+
+def test_resnet50_gives_the_papers_2048x7x7_map():
+    trunk = build_trunk("resnet50")
+    assert trunk_channels(trunk) == 2048
+    model = AGNet(trunk, 10, 10, 9, 4096).eval()
+    with torch.no_grad():
+        shared = model.stem(torch.randn(1, 3, 224, 224))
+        assert model.attr_layer4(shared).shape == (1, 2048, 7, 7)
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out["e_id"].shape == (2, 4096) and out["mask"].shape == (2, 2048, 1, 1)
+
+
+def test_mask_is_a_distribution_over_channels():
+    out = tiny().eval()(torch.randn(4, 3, 64, 64))
+    mask = out["mask"].squeeze(-1).squeeze(-1)
+    assert torch.all(mask >= 0)
+    torch.testing.assert_close(mask.sum(1), torch.ones(4))
+
+
+def test_gradients_reach_both_branches_and_the_shared_trunk():
+    model = tiny().train()
+    out = model(torch.randn(4, 3, 64, 64))
+    loss = out["id_logits"].logsumexp(1).mean() + out["color_logits"].logsumexp(1).mean()
+    loss.backward()
+    for name in ("stem.0.weight", "attr_layer4.0.conv1.weight", "cat_layer4.0.conv1.weight",
+                 "mask_conv.weight", "guide_conv.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_identity_loss_alone_trains_the_attribute_mask():
+    """Only-ID keeps the attention structure: the ID loss reaches the mask through Eq. 3."""
+    model = tiny().train()
+    model(torch.randn(4, 3, 64, 64))["id_logits"].logsumexp(1).mean().backward()
+    assert model.mask_conv.weight.grad.abs().sum() > 0
+    assert model.attr_layer4[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_layer4_copies_start_equal_and_are_independent():
+    model = tiny()
+    a, b = model.attr_layer4[0].conv1.weight, model.cat_layer4[0].conv1.weight
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+def test_descriptors_follow_eq5():
+    out = tiny().eval()(torch.randn(2, 3, 64, 64))
+    d = descriptors(out, alpha=0.25)
+    assert d["All"].shape == (2, 64)
+    torch.testing.assert_close(d["All"][:, 32:], 0.75 * out["e_id"])
+    assert torch.equal(d["Attr"], out["e_attr"]) and torch.equal(d["ID"], out["e_id"])
+
+
+def test_unknown_backbone_is_rejected():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        build_trunk("vgg16")

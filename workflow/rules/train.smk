@@ -1,0 +1,52 @@
+# Training stage: one job per dataset x variant x seed (Tables III/IV rows), after the ImageNet
+# weights are fetched once on the head node.
+
+
+localrules:
+    fetch_weights,
+
+
+rule fetch_weights:
+    output:
+        record="results/weights/{backbone}.json",
+    log:
+        "results/logs/weights/{backbone}.log",
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    shell:
+        "python -m agnet weights fetch {wildcards.backbone} --cache results/weights"
+        " --record {output.record} > {log} 2>&1"
+
+
+rule train:
+    input:
+        manifest="results/data/{ds}/manifest.parquet",
+        weights=weights_input,
+    output:
+        model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
+        train_log="results/runs/{ds}/{variant}/seed{seed}/train_log.csv",
+        record="results/runs/{ds}/{variant}/seed{seed}/run.json",
+    log:
+        "results/logs/{ds}/train/{variant}-seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{ds}/train/{variant}-seed{seed}.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../../environment.yml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=1,
+    params:
+        configs=config_args,
+        settings=variant_settings,
+        run_dir=lambda wc, output: str(Path(output.model).parent),
+    shell:
+        "python -m agnet train {params.configs} --manifest {input.manifest}"
+        " --variant {wildcards.variant} --seed {wildcards.seed} --out {params.run_dir}"
+        " --threads {threads} --resume --no-progress > {log} 2>&1"
