@@ -12,7 +12,7 @@ Shapes for a ResNet-50 at 224 x 224 input (C = 2048 channels, h = w = 7, D = emb
             fattr = fc ⊗ Conv1x1(C·M)                 Eq. 3
             fcs   = fc + fattr                        shortcut
             e_id  = BN(Linear(GAP(fcs)))              (B, D) → identity (B, n_classes)
-    verification on a pair: Linear((e_id¹ − e_id²)²) → (P, 2)   §III.D; class 1 = same vehicle
+    verification on a pair: Linear(BN((e_id¹ − e_id²)²)) → (P, 2)   §III.D; class 1 = same vehicle
     descriptors (Eq. 5): Attr = e_attr, ID = e_id, All = [e_attr, (1 − α)·e_id]  (B, 2D)
 
 Every choice the paper leaves open (the shared stem and duplicated layer4, the C·M scaling, the
@@ -109,6 +109,7 @@ class AGNet(nn.Module):
         self.color_head = nn.Linear(embedding_dim, num_colors)
         self.type_head = nn.Linear(embedding_dim, num_types)
         self.id_head = nn.Linear(embedding_dim, num_classes)
+        self.verify_bn = nn.BatchNorm1d(embedding_dim)  # keeps the squared differences at unit scale
         self.verify_head = nn.Linear(embedding_dim, 2)  # the 1 x 1 convolution on the D x 1 x 1 square layer
         for head in (self.color_head, self.type_head, self.id_head, self.verify_head):
             nn.init.normal_(head.weight, std=0.001)
@@ -139,7 +140,7 @@ class AGNet(nn.Module):
 
     def verify(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         """§III.D: square layer (e1 − e2)² on the D-dim identity embeddings → (P, 2) logits, class 1 = same."""
-        return self.verify_head((e1 - e2).pow(2))
+        return self.verify_head(self.verify_bn((e1 - e2).pow(2)))
 
 
 def descriptors(outputs: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

@@ -13,7 +13,11 @@ from agnet.data.manifest import read_manifest
 from tests.conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+DEMO = str(REPO / "workflow/configs/demo.yaml")
 TINY = """run: [tiny-veri, tiny-vehicleid]
+seeds: [0]
+train_variants: [agnet_asl]
+training: {epochs: 1, batch_size: 8}
 datasets:
   tiny-veri:
     format: veri
@@ -48,7 +52,7 @@ def test_invalid_config_stops_before_any_job(tmp_path):
 def test_missing_real_dataset_fails_with_how_to_obtain(tmp_path):
     cfg = tmp_path / "real.yaml"
     cfg.write_text(f"run: [veri]\ndatasets:\n  veri:\n    format: veri\n    source: {{kind: directory, location: {tmp_path}/none}}\n")
-    done = snakemake(tmp_path, "--cores", "1", "--configfile", str(cfg))
+    done = snakemake(tmp_path, "--cores", "1", "--configfile", DEMO, str(cfg))
     assert done.returncode != 0
     log = (tmp_path / "results/logs/veri/fetch.log").read_text()
     assert "veri dataset not found" in log and "released by its authors on request" in log
@@ -58,7 +62,7 @@ def test_missing_real_dataset_fails_with_how_to_obtain(tmp_path):
 def test_end_to_end_on_tiny_twins(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
-    done = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
+    done = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg))
     assert done.returncode == 0, done.stderr[-3000:]
     for name, fmt in (("tiny-veri", "veri"), ("tiny-vehicleid", "vehicleid")):
         report = json.loads((tmp_path / f"results/data/{name}/verify.json").read_text())
@@ -66,7 +70,10 @@ def test_end_to_end_on_tiny_twins(tmp_path):
         frame, meta = read_manifest(tmp_path / f"results/data/{name}/manifest.parquet")
         assert meta["format"] == fmt and len(frame) > 0
         assert all((Path(meta["root"]) / p).is_file() for p in frame["path"])
-        for step in ("synthesize", "verify", "manifest"):
+        for step in ("synthesize", "verify", "manifest", "train/agnet_asl-seed0"):
             assert (tmp_path / f"results/logs/{name}/{step}.log").stat().st_size > 0
-    again = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg), "-n")
+        run = tmp_path / f"results/runs/{name}/agnet_asl/seed0"
+        assert (run / "model.pt").is_file() and (run / "train_log.csv").is_file()
+        assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 1  # the merged configs reached it
+    again = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone

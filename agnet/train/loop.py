@@ -265,8 +265,8 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
             rows.append(meter.row(epoch + 1, optimizer.param_groups[0]["lr"]))
             scheduler.step()
             epoch, step, meter = epoch + 1, 0, EpochMeter()
-            _write_log(out_dir / "train_log.csv", rows)
             checkpoint(epoch, 0)
+            _write_log(out_dir / "train_log.csv", rows)
 
     record = {
         "settings": settings.to_dict(), "seed": seed, "manifest": str(manifest), "manifest_sha256": manifest_sha256,
@@ -274,6 +274,7 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
         "dataset_format": meta["format"], "pretrained": pretrained, "precision": str(amp_dtype or "float32"),
         "channels_last": channels_last, "environment": _environment(device), "final": rows[-1],
     }
+    record = json.loads(json.dumps(record, default=str))  # plain types only: loadable with weights_only=True
     model_path = out_dir / "model.pt"
     save_checkpoint(model_path, {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "record": record})
     _write_log(out_dir / "train_log.csv", rows)

@@ -1,0 +1,176 @@
+"""Training loop: every variant learns, killed runs resume to identical weights, bad states are refused."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from agnet.config import load_config
+from agnet.data.manifest import make_manifest
+from agnet.data.synth.veri import synth_veri
+from agnet.errors import AgnetError
+from agnet.train import loop
+from agnet.train.loop import TrainingDiverged, train
+from agnet.train.settings import resolve_settings
+from tests.conftest import REPO
+
+TINY_TRAINING = {
+    "training": {
+        "backbone": "resnet18_narrow", "pretrained": "none", "input_size": [32, 32], "embedding_dim": 32,
+        "epochs": 3, "lr": 0.05, "lr_milestones": [2], "batch_size": 16, "workers": 0, "deterministic": True,
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = synth_veri(tmp_path_factory.mktemp("twin") / "VeRi", vehicles=16, cameras=4, seed=5, workers=1)
+    out = root.parent / "manifest.parquet"
+    make_manifest("veri", root, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def config_files(tmp_path_factory) -> list[str]:
+    tiny = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_TRAINING))
+    return [str(REPO / "config.yaml"), str(tiny)]
+
+
+def settings_for(config_files, variant="agnet_asl", **overrides):
+    config = load_config(*config_files)
+    config["training"].update(overrides)
+    return resolve_settings(config, variant)
+
+
+def read_log(run: Path) -> list[dict[str, float]]:
+    with open(run / "train_log.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "model.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs"
+
+
+@pytest.mark.parametrize("variant", ["only_id", "agnet_ce", "agnet_asl"])
+def test_each_variant_lowers_every_loss_and_learns_identities(variant, manifest, config_files, tmp_path):
+    settings = settings_for(config_files, variant, epochs=12, lr_milestones=[10], deterministic=False)
+    record = train(settings, manifest, tmp_path / "run", seed=0, progress=False)
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 12
+    terms = ["loss_total", "loss_category", "loss_verify"]
+    if settings.loss_weights["attributes"] > 0:
+        terms += ["loss_color", "loss_type"]
+    for term in terms:
+        assert rows[-1][term] < rows[0][term], f"{variant}: {term} did not decrease"
+    chance = 1 / record["num_classes"]
+    assert rows[-1]["acc_id"] > 3 * chance, f"{variant}: train ID accuracy {rows[-1]['acc_id']:.3f} vs chance {chance:.3f}"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # removed once the run is complete
+    assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_deterministic_runs_are_bit_identical(manifest, config_files, tmp_path):
+    settings = settings_for(config_files, epochs=1)
+    train(settings, manifest, tmp_path / "a", seed=3, progress=False)
+    train(settings, manifest, tmp_path / "b", seed=3, progress=False)
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    train(settings, manifest, tmp_path / "c", seed=4, progress=False)
+    assert not torch.equal(weights(tmp_path / "a")["id_head.weight"], weights(tmp_path / "c")["id_head.weight"])
+
+
+def _train_command(config_files, manifest, out: Path) -> list[str]:
+    configs = [arg for path in config_files for arg in ("--config", path)]
+    return [sys.executable, "-m", "agnet", "train", *configs, "--manifest", str(manifest), "--variant", "agnet_asl",
+            "--seed", "7", "--out", str(out), "--resume", "--no-progress", "--threads", "1"]
+
+
+def _run_until(command: list[str], ready, sig: int, timeout: float = 120.0) -> int:
+    """Start ``command``, send ``sig`` once ``ready()`` holds, return the exit status."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"finished before the signal: {process.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "timed out waiting to send the signal"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    process.wait(timeout=timeout)
+    return process.returncode
+
+
+def test_sigkill_then_resume_ends_with_identical_weights(manifest, config_files, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_train_command(config_files, manifest, reference), check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+    # Kill it hard once the first epoch's checkpoint is on disk (mid-way through epoch 2).
+    status = _run_until(_train_command(config_files, manifest, killed),
+                        lambda: (killed / "checkpoint.pt").exists(), signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert (killed / "checkpoint.pt").exists() and not (killed / "model.pt").exists()
+    subprocess.run(_train_command(config_files, manifest, killed), check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+    assert_same_weights(reference, killed)
+    assert [r["loss_total"] for r in read_log(reference)] == [r["loss_total"] for r in read_log(killed)]
+
+
+def test_sigterm_saves_a_mid_epoch_checkpoint_and_resumes_identically(manifest, config_files, tmp_path):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    subprocess.run(_train_command(config_files, manifest, reference), check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+    status = _run_until(_train_command(config_files, manifest, stopped),
+                        lambda: (stopped / "checkpoint.pt").exists(), signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert state["position"]["epoch"] >= 1
+    subprocess.run(_train_command(config_files, manifest, stopped), check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+    assert_same_weights(reference, stopped)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(manifest, config_files, tmp_path, monkeypatch):
+    settings = settings_for(config_files, epochs=3)
+    real_total = loop.total_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real_total(*args, **kwargs)
+        if (tmp_path / "run" / "checkpoint.pt").exists():  # from the first step of epoch 2 on
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(loop, "total_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*the last good checkpoint \(checkpoint.pt\) is kept"):
+        train(settings, manifest, tmp_path / "run", seed=0, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["position"] == {"epoch": 1, "step": 0}
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_existing_checkpoint_needs_resume_and_matching_settings(manifest, config_files, tmp_path, monkeypatch):
+    settings = settings_for(config_files, epochs=2)
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop.Path, "unlink", lambda self, missing_ok=False: None)  # keep the last checkpoint
+    train(settings, manifest, run, seed=0, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(AgnetError, match="checkpoint.pt exists: pass --resume"):
+        train(settings, manifest, run, seed=0, progress=False)
+    changed = settings_for(config_files, epochs=2, lr=0.01)
+    with pytest.raises(AgnetError, match=r"refusing to resume:\n  lr: checkpoint 0.05, now 0.01"):
+        train(changed, manifest, run, seed=0, resume=True, progress=False)
+    with pytest.raises(AgnetError, match="seed: checkpoint 0, now 1"):
+        train(settings, manifest, run, seed=1, resume=True, progress=False)
