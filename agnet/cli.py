@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         record = train(settings, args.manifest, args.out, args.seed, resume=args.resume, weights_cache=args.weights_cache,
-                       device=args.device, progress=not args.no_progress)
+                       cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress)
     except TrainingInterrupted as interrupted:
         print(f"agnet: {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
     train.add_argument("--weights-cache", type=Path, default=Path("results/weights"),
                        help="folder of downloaded ImageNet weights")
+    train.add_argument("--cache-dir", type=Path, default=Path("results/cache"),
+                       help="folder of decoded-image caches (training.decoded_cache)")
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

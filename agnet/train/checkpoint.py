@@ -19,7 +19,7 @@ from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
 
 # Settings that change how a run executes, not what it computes: they may differ on resume.
-OPERATIONAL = frozenset({"workers", "log_every"})
+OPERATIONAL = frozenset({"workers", "log_every", "decoded_cache"})
 
 
 def rng_state() -> dict[str, Any]:

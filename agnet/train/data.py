@@ -315,7 +315,7 @@ def to_tensor(pixels: np.ndarray, flip: bool) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W), optionally mirrored left-right, ImageNet-normalised."""
     if flip:
         pixels = pixels[:, ::-1]
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    tensor = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1).to(torch.float32).div_(255.0)
     return tensor.sub_(_MEAN).div_(_STD)
 
 

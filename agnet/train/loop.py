@@ -38,7 +38,7 @@ from agnet.errors import AgnetError
 from agnet.losses import LossWeights, total_loss
 from agnet.model import AGNet, build_trunk
 from agnet.train.checkpoint import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from agnet.train.data import PairSampler, TrainSet, make_loader
+from agnet.train.data import DecodedCache, PairSampler, TrainSet, make_loader
 from agnet.train.settings import TrainSettings
 from agnet.weights import load_pretrained
 
@@ -158,8 +158,8 @@ class _SignalFlag:
 
 
 def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, seed: int, *, resume: bool = False,
-          weights_cache: str | Path = "results/weights", device: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          weights_cache: str | Path = "results/weights", cache_dir: str | Path = "results/cache",
+          device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (dataset, variant, seed) run into ``out_dir``; returns the run record."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +175,7 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
     train_set = TrainSet.from_manifest(frame, meta["root"])
     sampler = PairSampler(train_set, settings.batch_size, settings.positive_fraction,
                           settings.hard_negative_fraction, seed)
+    cache = DecodedCache.for_trainset(train_set, settings.input_size, cache_dir) if settings.decoded_cache else None
     trunk = build_trunk(settings.backbone)
     pretrained = load_pretrained(trunk, settings.pretrained, settings.backbone, Path(weights_cache))
     model = AGNet(trunk, train_set.num_classes, len(meta["color_names"]), len(meta["type_names"]),
@@ -214,7 +215,7 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
             bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{settings.epochs}",
                        disable=not progress, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
             tick = time.perf_counter()
-            for batch in make_loader(train_set, sampler, settings, epoch, start_step=step, seed=seed):
+            for batch in make_loader(train_set, sampler, settings, epoch, start_step=step, seed=seed, cache=cache):
                 ready = time.perf_counter()
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 images = batch["images"]

@@ -35,6 +35,7 @@ class TrainSettings:
     verification_loss: str
     als: dict[str, float]
     hflip: bool
+    decoded_cache: bool
     workers: int
     amp: str
     channels_last: str

@@ -33,7 +33,7 @@ def settings(workers: int = 0, hflip: bool = True, batch_size: int = 8) -> Train
         lr=0.1, lr_milestones=(1,), lr_gamma=0.1, momentum=0.9, weight_decay=0.0, batch_size=batch_size,
         positive_fraction=0.5, hard_negative_fraction=0.5,
         loss_weights={"category": 1.0, "attributes": 1.0, "verify": 1.0}, verification_loss="als",
-        als={"theta": 0.2, "alpha": 0.1, "beta": 1.0}, hflip=hflip, workers=workers, amp="off",
+        als={"theta": 0.2, "alpha": 0.1, "beta": 1.0}, hflip=hflip, decoded_cache=False, workers=workers, amp="off",
         channels_last="off", deterministic=True, log_every=1,
     )
 

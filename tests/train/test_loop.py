@@ -174,3 +174,12 @@ def test_existing_checkpoint_needs_resume_and_matching_settings(manifest, config
         train(changed, manifest, run, seed=0, resume=True, progress=False)
     with pytest.raises(AgnetError, match="seed: checkpoint 0, now 1"):
         train(settings, manifest, run, seed=1, resume=True, progress=False)
+
+
+def test_decoded_cache_trains_exactly_like_jpeg_decoding(manifest, config_files, tmp_path):
+    plain = settings_for(config_files, epochs=1)
+    cached = settings_for(config_files, epochs=1, decoded_cache=True)
+    train(plain, manifest, tmp_path / "plain", seed=2, progress=False)
+    train(cached, manifest, tmp_path / "cached", seed=2, cache_dir=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").glob("decoded-*.npy"))
+    assert_same_weights(tmp_path / "plain", tmp_path / "cached")
