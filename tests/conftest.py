@@ -1,8 +1,12 @@
-"""Shared fixtures: writable copies of the hand-written dataset trees in tests/fixtures/."""
+"""Shared fixtures: writable copies of the hand-written dataset trees in tests/fixtures/, and a
+bounded local HTTP server on 127.0.0.1 that can misbehave (for downloads)."""
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,3 +25,79 @@ def veri_root(tmp_path: Path) -> Path:
 def vehicleid_root(tmp_path: Path) -> Path:
     """A copy of the hand-written VehicleID tree (sparse attributes, CRLF colour names)."""
     return Path(shutil.copytree(FIXTURES / "vehicleid", tmp_path / "VehicleID_V1.0"))
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Behaviour:
+    """How the test server answers; tests mutate it before downloading."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    truncate_first: int | None = None  # first request: send only this many body bytes, then close
+    ignore_range: bool = False  # always answer 200 with the whole file
+    fail_status: int | None = None  # answer with this status ...
+    fail_times: int = 0  # ... this many times (then behave)
+    requests: list[dict] = field(default_factory=list)  # path and Range header of every request
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "agnet-test/1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        b: Behaviour = self.server.behaviour
+        b.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if b.fail_status is not None and b.fail_times > 0:
+            b.fail_times -= 1
+            self.send_error(b.fail_status)
+            return
+        data = b.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and not b.ignore_range:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if b.truncate_first is not None:
+            cut, b.truncate_first = b.truncate_first, None
+            self.wfile.write(body[:cut])
+            self.close_connection = True  # declared length is larger: client sees an early close
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    """A bounded local HTTP server: yields (base_url, Behaviour); always shut down at teardown."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.behaviour = Behaviour()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    watchdog = threading.Timer(60.0, httpd.shutdown)  # stops by itself even if teardown is skipped
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.behaviour
+    finally:
+        watchdog.cancel()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

@@ -72,3 +72,28 @@ def test_usage_error_exits_2():
 def test_console_entry_point_runs_as_module():
     done = subprocess.run([sys.executable, "-m", "agnet", "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("agnet ")
+
+
+def test_train_command_writes_model_and_log(tmp_path, capsys):
+    from agnet.data.manifest import make_manifest
+    from agnet.data.synth.veri import synth_veri
+
+    root = synth_veri(tmp_path / "VeRi", vehicles=8, cameras=3, seed=0, workers=1)
+    make_manifest("veri", root, tmp_path / "m.parquet")
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("training: {backbone: resnet18_narrow, pretrained: none, input_size: [32, 32], "
+                    "embedding_dim: 16, epochs: 1, batch_size: 8, workers: 0}\n")
+    args = ["train", "--config", str(REPO / "config.yaml"), "--config", str(tiny), "--manifest",
+            str(tmp_path / "m.parquet"), "--variant", "only_id", "--seed", "0", "--out", str(tmp_path / "run"),
+            "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    assert "trained only_id seed 0: 1 epochs" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "train_log.csv").is_file()
+    bad = [a if a != "only_id" else "nope" for a in args]
+    assert main(bad) == 1
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_weights_fetch_refuses_a_backbone_without_imagenet_weights(tmp_path, capsys):
+    assert main(["weights", "fetch", "resnet18_narrow", "--cache", str(tmp_path)]) == 1
+    assert "pretrained: none" in capsys.readouterr().err

@@ -7,9 +7,7 @@ serving small fake weight files whose names carry the right (or a wrong) SHA-256
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
-import threading
 from pathlib import Path
 
 import pytest
@@ -31,47 +29,6 @@ from agnet.weights import (
 FAST = {"progress": False, "retries": 0, "timeout": 5.0, "backoff": 0.01}
 
 
-# --------------------------------------------------------------------------------------------
-# a small local HTTP server
-# --------------------------------------------------------------------------------------------
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def server():
-    """Yields (base_url, files, requests): map URL paths to bytes in ``files``; ``requests`` lists paths asked."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.files, httpd.requests = {}, []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    watchdog = threading.Timer(60.0, httpd.shutdown)  # stops by itself even if teardown is skipped
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.files, httpd.requests
-    finally:
-        watchdog.cancel()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 def _saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -80,10 +37,10 @@ def _saved(obj) -> bytes:
 
 def _serve(server, stem: str, data: bytes, prefix: str | None = None) -> str:
     """Serve ``data`` as ``/models/<stem>-<prefix>.pth`` (prefix: its real sha256's unless given); return the URL."""
-    base, files, _ = server
+    base, behaviour = server
     prefix = prefix or hashlib.sha256(data).hexdigest()[:8]
     path = f"/models/{stem}-{prefix}.pth"
-    files[path] = data
+    behaviour.files[path] = data
     return base + path
 
 
@@ -147,7 +104,7 @@ def test_fetch_downloads_verifies_and_is_idempotent(server, tmp_path):
     path = fetch_imagenet("resnet18", cache, url=url, **FAST)
     assert path == cache / url.rsplit("/", 1)[1]
     assert path.read_bytes() == data
-    requests = server[2]
+    requests = server[1].requests
     assert len(requests) == 1
 
     assert fetch_imagenet("resnet18", cache, url=url, **FAST) == path
@@ -176,7 +133,7 @@ def test_fetch_replaces_a_corrupt_cached_file(server, tmp_path):
     (cache / url.rsplit("/", 1)[1]).write_bytes(b"not the weights")
     path = fetch_imagenet("resnet18", cache, url=url, **FAST)
     assert path.read_bytes() == data
-    assert len(server[2]) == 1
+    assert len(server[1].requests) == 1
 
 
 def test_fetch_http_error_is_fetch_error(server, tmp_path):
@@ -191,7 +148,7 @@ def test_fetch_narrow_backbone_refused_before_any_request(server, tmp_path):
         fetch_imagenet("resnet18_narrow", tmp_path, url=url, **FAST)
     with pytest.raises(ConfigError):
         fetch_main("resnet18_narrow", tmp_path)
-    assert server[2] == []
+    assert server[1].requests == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +347,7 @@ def test_imagenet_source_is_fetched_when_missing_then_loaded(server, tmp_path, m
     assert record["tensors"] == len(source.state_dict())
 
     load_pretrained(TinyTrunk(), "imagenet", "resnet18", cache, progress=False)
-    assert len(server[2]) == 1  # the cached file is reused
+    assert len(server[1].requests) == 1  # the cached file is reused
 
 
 def test_errors_are_agnet_errors():

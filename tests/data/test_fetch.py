@@ -21,10 +21,17 @@ import pytest
 from agnet.data import fetch
 from agnet.data.fetch import download, extract_archive, sha256_file
 from agnet.errors import FetchError
-from tests.data.conftest import PAYLOAD
 
+PAYLOAD = bytes(range(256)) * 400  # 102400 bytes, position-dependent content
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 FAST = {"backoff": 0.01, "timeout": 5.0, "progress": False}
+
+
+@pytest.fixture
+def server(server):
+    """The shared loopback server (tests/conftest.py), serving PAYLOAD at /data.bin."""
+    server[1].files["/data.bin"] = PAYLOAD
+    return server
 
 
 # --------------------------------------------------------------------------------------------
