@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import yaml
 
 from agnet.config import load_config
-from agnet.data.manifest import make_manifest
+from agnet.data.manifest import make_manifest, read_manifest
 from agnet.data.synth.veri import synth_veri
 from agnet.train.data import DecodedCache, PairSampler, TrainSet, make_loader
 from agnet.train.loop import train
@@ -81,7 +80,6 @@ def main() -> int:
     parser.add_argument("--gpu-workers", type=int, default=8)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    from agnet.data.manifest import read_manifest
 
     results, pipeline = [], []
     with tempfile.TemporaryDirectory() as tmp:
