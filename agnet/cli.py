@@ -6,6 +6,9 @@
     agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}]
     agnet data grid {veri,vehicleid} ROOT -o GRID.png
     agnet train --config CONFIG [--config MORE] --manifest MANIFEST.parquet --variant VARIANT --seed S --out RUN_DIR [--resume]
+    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt [--with-train]
+    agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet --descriptor D --protocol P -o METRICS.json
+    agnet aggregate METRICS.json ... --out DIR
     agnet weights fetch BACKBONE --cache DIR
     agnet config check CONFIG.yaml [MORE.yaml ...]
 
@@ -114,6 +117,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(paths):
+    from agnet.config import load_config
+
+    return load_config(*paths)["evaluation"]
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from agnet.extract import extract
+
+    evaluation = _eval_config(args.config)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    provenance = extract(args.model, args.manifest, args.out, evaluation["alpha"],
+                         train_images=evaluation["str"]["tune_images"] if args.with_train else 0,
+                         batch_size=evaluation["batch_size"], workers=evaluation["workers"], device=args.device,
+                         progress=not args.no_progress)
+    print(f"wrote {args.out} ({provenance['variant']} seed {provenance['seed']}, {provenance['device']})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agnet.data.manifest import read_manifest
+    from agnet.evaluate import EvalSettings, run_protocol
+    from agnet.extract import load_features
+
+    evaluation = _eval_config(args.config)
+    settings = EvalSettings(distance=evaluation["distance"], max_rank=evaluation["max_rank"],
+                            trials=evaluation["vehicleid_trials"], trial_seed=evaluation["trial_seed"],
+                            str_lambdas=tuple(evaluation["str"]["lambdas"]))
+    frame, meta = read_manifest(args.manifest)
+    record = run_protocol(load_features(args.features), frame, meta, args.descriptor, args.protocol, settings)
+    from agnet.atomic import write_text
+
+    write_text(args.output, json.dumps(record, indent=2) + "\n")
+    print(f"{args.protocol} {args.descriptor}: mAP {100 * record['mAP']:.2f}, Rank-1 {100 * record['rank1']:.2f}")
+    return 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from agnet.aggregate import aggregate
+
+    summary = aggregate(args.metrics, args.out)
+    print(f"aggregated {len(args.metrics)} metrics files into {args.out}/summary.csv ({len(summary)} rows)")
+    return 0
+
+
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     from agnet.weights import fetch_main
 
@@ -132,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
     parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
     parser.add_argument("--version", action="version", version=f"agnet {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,weights,config}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,extract,evaluate,aggregate,weights,config}")
 
     data = groups.add_parser("data", help="obtain, synthesise, verify and index datasets")
     data_cmds = data.add_subparsers(dest="command", required=True)
@@ -202,6 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
+
+    extract = groups.add_parser("extract", help="write the Attr/ID/All descriptors of a trained run")
+    extract.add_argument("--config", type=Path, action="append", required=True)
+    extract.add_argument("--model", type=Path, required=True)
+    extract.add_argument("--manifest", type=Path, required=True)
+    extract.add_argument("--out", type=Path, required=True)
+    extract.add_argument("--with-train", action="store_true",
+                         help="also training images (evaluation.str.tune_images of them) for tuning re-ranking")
+    extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    extract.add_argument("--threads", type=int)
+    extract.add_argument("--no-progress", action="store_true")
+    extract.set_defaults(func=_cmd_extract)
+
+    evaluate = groups.add_parser("evaluate", help="CMC/mAP of one descriptor under one protocol")
+    evaluate.add_argument("--config", type=Path, action="append", required=True)
+    evaluate.add_argument("--features", type=Path, required=True)
+    evaluate.add_argument("--manifest", type=Path, required=True)
+    evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), required=True)
+    evaluate.add_argument("--protocol", required=True, help="veri, veri-str or vehicleid-<N>")
+    evaluate.add_argument("-o", "--output", type=Path, required=True)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    aggregate = groups.add_parser("aggregate", help="collect metrics files into tidy tables")
+    aggregate.add_argument("metrics", type=Path, nargs="+")
+    aggregate.add_argument("--out", type=Path, required=True)
+    aggregate.set_defaults(func=_cmd_aggregate)
 
     weights = groups.add_parser("weights", help="pretrained weights")
     weights_cmds = weights.add_subparsers(dest="command", required=True)

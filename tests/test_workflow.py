@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from agnet.data.manifest import read_manifest
@@ -18,6 +19,7 @@ TINY = """run: [tiny-veri, tiny-vehicleid]
 seeds: [0]
 train_variants: [agnet_asl]
 training: {epochs: 1, batch_size: 8}
+evaluation: {descriptors: [All], str: {enabled: true, lambdas: [0.0, 0.5], tune_images: 40}}
 datasets:
   tiny-veri:
     format: veri
@@ -75,5 +77,11 @@ def test_end_to_end_on_tiny_twins(tmp_path):
         run = tmp_path / f"results/runs/{name}/agnet_asl/seed0"
         assert (run / "model.pt").is_file() and (run / "train_log.csv").is_file()
         assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 1  # the merged configs reached it
+        metrics = sorted(p.name for p in (run / "metrics" / "All").glob("*.json"))
+        expected = ["veri-str.json", "veri.json"] if fmt == "veri" else [f"vehicleid-{n}.json" for n in (2, 4, 6, 8)]
+        assert metrics == sorted(expected)
+    summary = pd.read_csv(tmp_path / "results/metrics/summary.csv")
+    assert len(summary) == 6 and set(summary["descriptor"]) == {"All"} and (summary["seeds"] == 1).all()
+    assert summary["mAP_mean"].between(0, 1).all()
     again = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone

@@ -58,3 +58,9 @@ HOW_TO_OBTAIN = {
         "datasets.<name>.source.directory, or datasets.<name>.source.archive (with its sha256)."
     ),
 }
+
+
+def twin_test_sizes(vehicles: int) -> list[int]:
+    """Test-list sizes of a synthetic VehicleID twin: 1/4, 2/4, 3/4 and all of its test vehicles."""
+    n_test = vehicles - vehicles // 2
+    return sorted({max(1, round(n_test * k / 4)) for k in range(1, 5)})

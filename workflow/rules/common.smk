@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from agnet.config import validate_config  # noqa: E402  (needs the checkout on sys.path)
+from agnet.data.constants import twin_test_sizes  # noqa: E402
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.train.settings import resolve_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -74,14 +75,39 @@ def config_args(wildcards):
     return " ".join(f"--config '{path}'" for path in CONFIG_FILES)
 
 
+def protocols(ds):
+    """Evaluation protocols of a dataset: VeRi (+ STR) or one per VehicleID test list."""
+    entry = config["datasets"][ds]
+    evaluation = config["evaluation"]
+    if entry["format"] == "veri":
+        return ["veri"] + (["veri-str"] if evaluation["str"]["enabled"] else [])
+    if entry["source"]["kind"] == "synthetic":
+        sizes = twin_test_sizes(entry["source"]["vehicles"])
+    else:
+        sizes = evaluation["vehicleid_test_sizes"]
+    return [f"vehicleid-{size}" for size in sizes]
+
+
+def extract_flags(wildcards):
+    """Training images are extracted too where STR tunes its weight on them."""
+    return "--with-train" if "veri-str" in protocols(wildcards.ds) else ""
+
+
+def metrics_targets():
+    """Every metrics file: dataset x variant x seed x descriptor x protocol."""
+    return [
+        f"results/runs/{ds}/{variant}/seed{seed}/metrics/{descriptor}/{protocol}.json"
+        for ds in config["run"]
+        for variant in config["train_variants"]
+        for seed in config["seeds"]
+        for descriptor in config["evaluation"]["descriptors"]
+        for protocol in protocols(ds)
+    ]
+
+
 def all_targets():
     """Final outputs of the workflow for every dataset in `run`."""
     return expand(
         ["results/data/{ds}/verify.json", "results/data/{ds}/manifest.parquet"],
         ds=config["run"],
-    ) + expand(
-        "results/runs/{ds}/{variant}/seed{seed}/model.pt",
-        ds=config["run"],
-        variant=config["train_variants"],
-        seed=config["seeds"],
-    )
+    ) + ["results/metrics/summary.csv"]

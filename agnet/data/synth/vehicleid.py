@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agnet.data.constants import VEHICLEID_COLORS
+from agnet.data.constants import VEHICLEID_COLORS, twin_test_sizes
 from agnet.data.synth import render
 from agnet.data.synth.world import Shot, check_positive, make_vehicles, render_shots, staged_directory
 from agnet.errors import AgnetError
@@ -59,8 +59,7 @@ def synth_vehicleid(
     fleet = make_vehicles(rng, vids, VEHICLEID_COLORS, catalogue)
     order = rng.permutation(vehicles)
     train, test = sorted(order[: vehicles // 2]), list(order[vehicles // 2 :])  # test in list order
-    n_test = len(test)
-    sizes = sorted({max(1, round(n_test * k / 4)) for k in range(1, 5)})
+    sizes = twin_test_sizes(vehicles)
 
     # Sparse attributes: the smallest test list is unlabelled; elsewhere a fraction is labelled.
     smallest = set(test[: sizes[0]])

@@ -1,0 +1,185 @@
+"""Evaluation protocols (§IV.A): VeRi-776 (with optional spatio-temporal re-ranking) and VehicleID.
+
+Protocol names:
+
+* ``veri``: the 1,678 queries against the test images, same-vehicle-same-camera junk removed;
+* ``veri-str``: the same, with the visual distance fused with a spatio-temporal term (below);
+* ``vehicleid-<N>``: test list ``test_list_<N>.txt``; per trial one random image per vehicle is the
+  gallery and all others are queries, no junk; ``trials`` seeded trials, mean and std reported.
+
+Spatio-temporal re-ranking (after PROVID/FACT; the published formula is only partly recoverable,
+see ``docs/paper-mapping.md``): ``d = minmax_q(d_vis) + λ · (|t_q − t_g| / T_max) · (δ(c_q, c_g) / D_max)``,
+where minmax_q rescales each query's visual distances to [0, 1], δ is the symmetric camera
+distance, T_max and D_max the largest time gap and camera distance between query and gallery.
+λ is chosen on training images only (a pseudo query/gallery split of the training split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from agnet.errors import AgnetError
+from agnet.metrics import evaluate, pairwise_distance
+
+TOP_RANKS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``evaluation`` section of the config (see the schema)."""
+
+    distance: str = "euclidean"
+    max_rank: int = 50
+    trials: int = 10
+    trial_seed: int = 0
+    str_lambdas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+def _features_for(features: dict[str, Any], descriptor: str, paths: pd.Series) -> torch.Tensor:
+    index = {path: i for i, path in enumerate(features["paths"])}
+    missing = [p for p in paths if p not in index]
+    if missing:
+        raise AgnetError(f"features lack {len(missing)} image(s) of the protocol, e.g. {missing[0]}")
+    if descriptor not in features:
+        raise AgnetError(f"unknown descriptor {descriptor!r} (features hold Attr, ID, All)")
+    return features[descriptor][torch.as_tensor([index[p] for p in paths])].float()
+
+
+def _summary(result, max_rank: int) -> dict[str, Any]:
+    cmc = np.asarray(result.cmc, dtype=float)
+    record = {"mAP": float(result.mAP), "cmc": cmc.tolist(), "mINP": float(result.mINP),
+              "num_queries": int(result.num_queries), "num_valid_queries": int(result.num_valid)}
+    for k in TOP_RANKS:
+        if k <= max_rank:
+            record[f"rank{k}"] = float(cmc[k - 1])
+    if result.official_mAP is not None:
+        record["official_mAP"] = float(result.official_mAP)
+    return record
+
+
+def spatio_temporal(q_times, g_times, q_cams, g_cams, camera_dist: np.ndarray) -> np.ndarray:
+    """ST(q, g) = (|t_q − t_g| / T_max) · (δ(c_q, c_g) / D_max) in [0, 1]; (Q, G) float32."""
+    gap = np.abs(np.asarray(q_times, dtype=np.float64)[:, None] - np.asarray(g_times, dtype=np.float64)[None, :])
+    dist = np.asarray(camera_dist, dtype=np.float64)[np.asarray(q_cams)[:, None], np.asarray(g_cams)[None, :]]
+    t_max, d_max = gap.max(), dist.max()
+    return ((gap / t_max if t_max else gap) * (dist / d_max if d_max else dist)).astype(np.float32)
+
+
+def fuse(visual: torch.Tensor, st: np.ndarray, lam: float) -> torch.Tensor:
+    """Per-query min-max normalised visual distance plus λ·ST (λ = 0 keeps every ranking)."""
+    low = visual.min(dim=1, keepdim=True).values
+    span = (visual.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
+    return (visual - low) / span + lam * torch.from_numpy(st)
+
+
+def _veri_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    query, gallery = frame[frame["split"] == "query"], frame[frame["split"] == "gallery"]
+    if query.empty or gallery.empty:
+        raise AgnetError("the manifest has no VeRi query/gallery split (is it a VehicleID manifest?)")
+    return query, gallery
+
+
+def pseudo_split(train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A VeRi-like split of training images for tuning: the first image of each (vehicle, camera) is a query."""
+    queries = train.sort_values("list_index").groupby(["vehicle_id", "camera_id"], sort=True).head(1)
+    return queries, train
+
+
+def tune_lambda(features, train: pd.DataFrame, descriptor: str, camera_dist, settings: EvalSettings) -> dict:
+    """Pick λ from ``settings.str_lambdas`` by mAP on the training pseudo split; returns the grid."""
+    query, gallery = pseudo_split(train)
+    visual = pairwise_distance(_features_for(features, descriptor, query["path"]),
+                               _features_for(features, descriptor, gallery["path"]), metric=settings.distance)
+    st = spatio_temporal(query["timestamp"], gallery["timestamp"], query["camera_id"], gallery["camera_id"],
+                         camera_dist)
+    grid = {}
+    for lam in settings.str_lambdas:
+        result = evaluate(fuse(visual, st, lam).numpy(), query["vehicle_id"].to_numpy(),
+                          gallery["vehicle_id"].to_numpy(), query["camera_id"].to_numpy(),
+                          gallery["camera_id"].to_numpy(), max_rank=settings.max_rank)
+        grid[lam] = float(result.mAP)
+    best = max(grid, key=lambda lam: (grid[lam], -lam))  # ties: the smaller λ
+    return {"lambda": best, "grid_mAP": {str(k): v for k, v in grid.items()}, "tuned_on": "train",
+            "tune_queries": len(query), "tune_gallery": len(gallery)}
+
+
+def evaluate_veri(features, frame: pd.DataFrame, meta: dict, descriptor: str, settings: EvalSettings,
+                  use_str: bool = False) -> dict[str, Any]:
+    """VeRi-776 image protocol (junk = same vehicle and camera); with ``use_str`` the fused distance."""
+    query, gallery = _veri_split(frame)
+    visual = pairwise_distance(_features_for(features, descriptor, query["path"]),
+                               _features_for(features, descriptor, gallery["path"]), metric=settings.distance)
+    record: dict[str, Any] = {"num_gallery": len(gallery)}
+    distmat = visual
+    if use_str:
+        if meta.get("camera_dist") is None:
+            raise AgnetError("spatio-temporal re-ranking needs camera_Dist.txt, which this dataset lacks")
+        train = frame[(frame["split"] == "train") & frame["path"].isin(set(features["paths"]))]
+        if train.empty:
+            raise AgnetError("spatio-temporal re-ranking tunes λ on training features; extract them too")
+        camera_dist = np.asarray(meta["camera_dist"])
+        record["str"] = tune_lambda(features, train, descriptor, camera_dist, settings)
+        st = spatio_temporal(query["timestamp"], gallery["timestamp"], query["camera_id"], gallery["camera_id"],
+                             camera_dist)
+        distmat = fuse(visual, st, record["str"]["lambda"])
+    result = evaluate(distmat.numpy(), query["vehicle_id"].to_numpy(), gallery["vehicle_id"].to_numpy(),
+                      query["camera_id"].to_numpy(), gallery["camera_id"].to_numpy(), max_rank=settings.max_rank,
+                      official_ap=True)
+    return {**_summary(result, settings.max_rank), **record}
+
+
+def vehicleid_trial(test: pd.DataFrame, size: int, trial: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (into ``test``) of (query, gallery) for one trial: one random gallery image per vehicle."""
+    rng = np.random.default_rng([seed, size, trial])
+    order = rng.permutation(len(test))
+    first = pd.Series(test["vehicle_id"].to_numpy()[order]).duplicated().to_numpy()
+    gallery = np.sort(order[~first])
+    query = np.sort(order[first])
+    return query, gallery
+
+
+def evaluate_vehicleid(features, frame: pd.DataFrame, descriptor: str, size: int,
+                       settings: EvalSettings) -> dict[str, Any]:
+    """VehicleID protocol on ``test_list_<size>``: ``settings.trials`` seeded draws, mean and std."""
+    column = f"in_test_{size}"
+    if column not in frame:
+        lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+        raise AgnetError(f"no test_list_{size}.txt in this dataset (lists: {lists})")
+    test = frame[(frame["split"] == "test") & frame[column]].reset_index(drop=True)
+    feats = _features_for(features, descriptor, test["path"])
+    ids = test["vehicle_id"].to_numpy()
+    trials = []
+    for trial in range(settings.trials):
+        q, g = vehicleid_trial(test, size, trial, settings.trial_seed)
+        distmat = pairwise_distance(feats[q], feats[g], metric=settings.distance)
+        result = evaluate(distmat.numpy(), ids[q], ids[g], max_rank=settings.max_rank)
+        trials.append({**_summary(result, settings.max_rank), "num_gallery": len(g)})
+    record: dict[str, Any] = {"trials": trials, "num_gallery": trials[0]["num_gallery"]}
+    for key in ("mAP", "mINP", *(f"rank{k}" for k in TOP_RANKS if k <= settings.max_rank)):
+        values = np.array([t[key] for t in trials])
+        record[key], record[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1) if len(values) > 1 else 0.0)
+    record["cmc"] = np.mean([t["cmc"] for t in trials], axis=0).tolist()
+    record["num_queries"] = trials[0]["num_queries"]
+    record["num_valid_queries"] = trials[0]["num_valid_queries"]
+    return record
+
+
+def run_protocol(features, frame: pd.DataFrame, meta: dict, descriptor: str, protocol: str,
+                 settings: EvalSettings) -> dict[str, Any]:
+    """Dispatch on the protocol name; the record states the protocol, descriptor and distance."""
+    if protocol == "veri":
+        record = evaluate_veri(features, frame, meta, descriptor, settings)
+    elif protocol == "veri-str":
+        record = evaluate_veri(features, frame, meta, descriptor, settings, use_str=True)
+    elif protocol.startswith("vehicleid-") and protocol.removeprefix("vehicleid-").isdigit():
+        record = evaluate_vehicleid(features, frame, descriptor, int(protocol.removeprefix("vehicleid-")), settings)
+    else:
+        raise AgnetError(f"unknown protocol {protocol!r} (veri, veri-str or vehicleid-<N>)")
+    distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[settings.distance]
+    return {"protocol": protocol, "descriptor": descriptor, "distance": distance, "ap": "non-interpolated",
+            **record, "provenance": features["provenance"]}
