@@ -59,7 +59,7 @@ def test_training_subset_is_whole_vehicles(trained):
 
 def test_model_loading_is_strict(trained, tmp_path):
     state = torch.load(trained / "run" / "model.pt", weights_only=True)
-    model, settings, record = load_trained(trained / "run" / "model.pt")
+    model, settings, _record = load_trained(trained / "run" / "model.pt")
     assert settings.embedding_dim == 16 and not model.training
     del state["model"]["id_head.weight"]
     torch.save(state, tmp_path / "broken.pt")
