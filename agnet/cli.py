@@ -165,6 +165,41 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report_tables(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from agnet.config import load_config
+    from agnet.report.tables import contexts_from_config, write_tables
+
+    contexts = contexts_from_config(load_config(*args.config))
+    written = write_tables(pd.read_csv(args.summary), contexts, args.out)
+    print(f"wrote {len(written)} table files to {args.out}")
+    return 0
+
+
+def _cmd_report_claims(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from agnet.config import load_config
+    from agnet.report.claims import check_all, write_claims
+    from agnet.report.tables import contexts_from_config
+
+    contexts = contexts_from_config(load_config(*args.config))
+    verdicts = check_all(pd.read_csv(args.summary), contexts)
+    write_claims(verdicts, contexts, args.markdown, args.json)
+    print(f"checked {len(verdicts)} claims -> {args.markdown}")
+    return 0
+
+
+def _cmd_report_figures(args: argparse.Namespace) -> int:
+    from agnet.config import load_config
+    from agnet.report.make_figures import make_figures
+
+    written = make_figures(load_config(*args.config), args.metrics, args.runs, args.out)
+    print(f"wrote {len(written)} figure files to {args.out}")
+    return 0
+
+
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     from agnet.weights import fetch_main
 
@@ -183,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
     parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
     parser.add_argument("--version", action="version", version=f"agnet {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,extract,evaluate,aggregate,weights,config}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,extract,evaluate,aggregate,report,weights,config}")
 
     data = groups.add_parser("data", help="obtain, synthesise, verify and index datasets")
     data_cmds = data.add_subparsers(dest="command", required=True)
@@ -279,6 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("metrics", type=Path, nargs="+")
     aggregate.add_argument("--out", type=Path, required=True)
     aggregate.set_defaults(func=_cmd_aggregate)
+
+    report = groups.add_parser("report", help="Tables I-IV and the claims check")
+    report_cmds = report.add_subparsers(dest="command", required=True)
+    tables = report_cmds.add_parser("tables", help="table{1..4}.{tex,md}: the paper's rows and ours")
+    tables.add_argument("--config", type=Path, action="append", required=True)
+    tables.add_argument("--summary", type=Path, required=True, help="results/metrics/summary.csv")
+    tables.add_argument("--out", type=Path, required=True)
+    tables.set_defaults(func=_cmd_report_tables)
+    claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts")
+    claims.add_argument("--config", type=Path, action="append", required=True)
+    claims.add_argument("--summary", type=Path, required=True)
+    claims.add_argument("--markdown", type=Path, required=True)
+    claims.add_argument("--json", type=Path, required=True)
+    claims.set_defaults(func=_cmd_report_claims)
+    figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
+    figures.add_argument("--config", type=Path, action="append", required=True)
+    figures.add_argument("--metrics", type=Path, required=True, help="results/metrics (cmc.parquet)")
+    figures.add_argument("--runs", type=Path, required=True, help="results/runs")
+    figures.add_argument("--out", type=Path, required=True)
+    figures.set_defaults(func=_cmd_report_figures)
 
     weights = groups.add_parser("weights", help="pretrained weights")
     weights_cmds = weights.add_subparsers(dest="command", required=True)

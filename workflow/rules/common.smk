@@ -105,9 +105,48 @@ def metrics_targets():
     ]
 
 
+# Figures of the report stage (file stems under results/figures/).
+FIGURES = [
+    "fig5_cmc_veri",
+    "fig6_cmc_vehicleid",
+    "fig7_tsne",
+    "fig8_retrieval_veri",
+    "fig8_retrieval_vehicleid",
+    "training_curves",
+]
+
+
+def figure_run(ds):
+    """The run whose features illustrate a dataset (t-SNE, retrieval): AGNet-ASL, first seed."""
+    return f"results/runs/{ds}/agnet_asl/seed{config['seeds'][0]}"
+
+
+def first_of(fmt):
+    """The first dataset of a format in `run`."""
+    return next(n for n in config["run"] if config["datasets"][n]["format"] == fmt)
+
+
+def figure_features():
+    return [f"{figure_run(first_of(fmt))}/features.pt" for fmt in ("veri", "vehicleid")]
+
+
+def figure_train_logs():
+    return [
+        f"results/runs/{ds}/{variant}/seed{seed}/train_log.csv"
+        for ds in config["run"]
+        for variant in config["train_variants"]
+        for seed in config["seeds"]
+    ]
+
+
 def all_targets():
     """Final outputs of the workflow for every dataset in `run`."""
     return expand(
         ["results/data/{ds}/verify.json", "results/data/{ds}/manifest.parquet"],
         ds=config["run"],
-    ) + ["results/metrics/summary.csv"]
+    ) + [
+        "results/metrics/summary.csv",
+        "results/claims.md",
+        *expand("results/tables/table{n}.{ext}", n=range(1, 5), ext=("tex", "md")),
+        *expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=("png", "pdf")),
+    ]

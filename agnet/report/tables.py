@@ -1,0 +1,207 @@
+"""Tables I–IV: the paper's rows as printed, our reproduced rows (mean ± std over seeds) and the gap.
+
+Each table is written as LaTeX (booktabs, a ``table`` environment ready to ``\\input``, best
+published value per column in bold as in the paper) and as markdown. The caption states the
+dataset, protocol, distance, seeds and trials, and whether the data is the real dataset or a
+synthetic twin — a table made from synthetic data says so in its caption and title row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tabulate import tabulate
+
+from agnet.atomic import write_text
+from agnet.errors import AgnetError
+
+PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
+METRIC_KEYS = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
+SYNTHETIC_NOTE = "SYNTHETIC TWIN, not the real dataset: these numbers are not a reproduction of the paper"
+
+
+def load_paper(path: Path = PAPER_RESULTS) -> dict[str, Any]:
+    """The paper's Tables I–IV (values are strings exactly as printed)."""
+    return yaml.safe_load(path.read_text())
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: the printed text, its numeric value (None for "-"), and whether it is bold."""
+
+    text: str
+    value: float | None = None
+    bold: bool = False
+
+
+def parse_value(text: str) -> float | None:
+    """Numeric value of a printed entry, None for the paper's "-"."""
+    return None if text.strip() == "-" else float(text)
+
+
+def group_protocols(dataset_format: str, groups: list, available: list[str]) -> list[str | None]:
+    """Our protocol for each column group of a paper table.
+
+    VeRi tables have one group (``veri``). VehicleID groups are test sizes: ``vehicleid-<size>`` when
+    that list was evaluated; otherwise (synthetic twins, whose lists are smaller) the evaluated
+    lists are matched to the paper's sizes in increasing order.
+    """
+    if dataset_format == "veri":
+        return ["veri"]
+    sizes = sorted(int(p.removeprefix("vehicleid-")) for p in available if p.startswith("vehicleid-"))
+    if all(f"vehicleid-{g}" in available for g in groups):
+        return [f"vehicleid-{g}" for g in groups]
+    return [f"vehicleid-{sizes[i]}" if i < len(sizes) else None for i in range(len(groups))]
+
+
+def _ours(summary: pd.DataFrame, dataset: str, variant: str, descriptor: str, protocol: str | None,
+          column: str) -> tuple[float, float, int] | None:
+    if protocol is None:
+        return None
+    match = summary[(summary["dataset"] == dataset) & (summary["variant"] == variant)
+                    & (summary["descriptor"] == descriptor) & (summary["protocol"] == protocol)]
+    key = METRIC_KEYS[column]
+    if match.empty or f"{key}_mean" not in match:
+        return None
+    row = match.iloc[0]
+    return 100 * float(row[f"{key}_mean"]), 100 * float(row[f"{key}_std"]), int(row["seeds"])
+
+
+def build_rows(table: dict, summary: pd.DataFrame, dataset: str) -> tuple[list[str], list[list[Cell]], list[int]]:
+    """Row labels, cells and the indices after which a rule goes (literature | AGNet | ours)."""
+    available = sorted(summary.loc[summary["dataset"] == dataset, "protocol"].unique())
+    protocols = group_protocols(table["dataset"], table["groups"], available)
+    columns = table["columns"]
+    labels, rows, rules = [], [], []
+    printed = [[Cell(text, parse_value(text)) for text in row["values"]] for row in table["rows"]]
+    # Best published value per column in bold, as the paper does.
+    for col in range(len(printed[0])):
+        values = [r[col].value for r in printed if r[col].value is not None]
+        best = max(values) if values else None
+        for r in printed:
+            if r[col].value is not None and r[col].value == best:
+                r[col] = Cell(r[col].text, r[col].value, bold=True)
+    first_agnet = next((i for i, row in enumerate(table["rows"]) if "ours" in row), len(table["rows"]))
+    for index, row in enumerate(table["rows"]):
+        if index == first_agnet and index > 0:
+            rules.append(len(rows))
+        ref = f" {row['ref']}" if row.get("ref") else ""
+        labels.append(f"{row['method']}{ref}" + (" (paper)" if "ours" in row else ""))
+        rows.append(printed[index])
+    ours_rows = [row for row in table["rows"] if "ours" in row]
+    if ours_rows:
+        rules.append(len(rows))
+    for index, row in enumerate(table["rows"]):
+        if "ours" not in row:
+            continue
+        spec = row["ours"]
+        row_protocols = spec.get("protocols", protocols)
+        ours, delta = [], []
+        for g, protocol in enumerate(row_protocols):
+            for c, column in enumerate(columns):
+                got = _ours(summary, dataset, spec["variant"], spec["descriptor"], protocol, column)
+                paper = printed[index][g * len(columns) + c].value
+                if got is None:
+                    ours.append(Cell("n/a"))
+                    delta.append(Cell("n/a"))
+                    continue
+                mean, std, _ = got
+                ours.append(Cell(f"{mean:.2f} ± {std:.2f}", mean))
+                delta.append(Cell("-" if paper is None else f"{mean - paper:+.2f}", None if paper is None else mean - paper))
+        labels += [f"{row['method']} (ours)", f"{row['method']} (ours − paper)"]
+        rows += [ours, delta]
+    return labels, rows, rules
+
+
+def _latex_escape(text: str) -> str:
+    text = text.replace("\\", "\\textbackslash{}")
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("±", "$\\pm$").replace("−", "$-$").replace("~", "\\textasciitilde{}")
+
+
+def to_latex(table: dict, labels: list[str], rows: list[list[Cell]], rules: list[int], caption: str,
+             label: str) -> str:
+    """A booktabs ``table`` environment."""
+    columns, groups = table["columns"], table["groups"]
+    spec = "l" + "".join("c" * len(columns) for _ in groups)
+    lines = ["\\begin{table*}[t]", "\\centering", "\\small", f"\\caption{{{_latex_escape(caption)}}}",
+             f"\\label{{{label}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    if groups != [None]:
+        heads = " & ".join(f"\\multicolumn{{{len(columns)}}}{{c}}{{Test size = {g}}}" for g in groups)
+        lines.append(f" & {heads} \\\\")
+        rules_mid = " ".join(f"\\cmidrule(lr){{{2 + i * len(columns)}-{1 + (i + 1) * len(columns)}}}"
+                             for i in range(len(groups)))
+        lines.append(rules_mid)
+    lines.append("Method & " + " & ".join(columns * len(groups)) + " \\\\")
+    lines.append("\\midrule")
+    for index, (name, cells) in enumerate(zip(labels, rows, strict=True)):
+        if index in rules:
+            lines.append("\\midrule")
+        rendered = [f"\\textbf{{{_latex_escape(c.text)}}}" if c.bold else _latex_escape(c.text) for c in cells]
+        lines.append(_latex_escape(name) + " & " + " & ".join(rendered) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table*}", ""]
+    return "\n".join(lines)
+
+
+def to_markdown(table_id: str, table: dict, labels: list[str], rows: list[list[Cell]], caption: str) -> str:
+    """A GitHub-flavoured markdown table with the caption above it."""
+    columns, groups = table["columns"], table["groups"]
+    headers = ["Method"] + [c if g is None else f"{g}: {c}" for g in groups for c in columns]
+    body = [[name] + [f"**{c.text}**" if c.bold else c.text for c in cells] for name, cells in zip(labels, rows, strict=True)]
+    return f"**Table {table_id.removeprefix('table')}.** {caption}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def caption_for(table_id: str, table: dict, context: dict[str, Any]) -> str:
+    """The paper's title plus what the reader must know: data, protocol, distance, seeds, trials."""
+    parts = [table["title"].rstrip(".")]
+    if context["synthetic"]:
+        parts.append(SYNTHETIC_NOTE + ".")
+    parts.append(f"Ours: dataset '{context['dataset']}', mean ± std over {context['seeds']} seed(s)")
+    if table["dataset"] == "vehicleid":
+        parts.append(f"each the mean of {context['trials']} random gallery draws (one image per vehicle)")
+        if context["synthetic"]:
+            parts.append("the twin's four test lists stand in for the paper's test sizes, in increasing order")
+    else:
+        parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
+    parts.append(f"distance: {context['distance']}; mAP: non-interpolated (open re-ID toolboxes)")
+    return "; ".join(parts) + "."
+
+
+def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out_dir: str | Path,
+                 paper: dict | None = None) -> list[Path]:
+    """Write table{1..4}.{tex,md}; ``datasets`` maps a format (veri/vehicleid) to its context dict."""
+    paper = paper or load_paper()
+    out_dir = Path(out_dir)
+    written = []
+    for table_id, table in paper["tables"].items():
+        context = datasets.get(table["dataset"])
+        if context is None:
+            raise AgnetError(f"{table_id} needs a {table['dataset']} dataset in the run")
+        labels, rows, rules = build_rows(table, summary, context["dataset"])
+        caption = caption_for(table_id, table, context)
+        number = table_id.removeprefix("table")
+        for suffix, text in (("tex", to_latex(table, labels, rows, rules, caption, f"tab:agnet-{number}")),
+                             ("md", to_markdown(table_id, table, labels, rows, caption))):
+            path = out_dir / f"{table_id}.{suffix}"
+            write_text(path, text)
+            written.append(path)
+    return written
+
+
+def contexts_from_config(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format (veri/vehicleid) -> what the captions state, for the first dataset of each format in ``run``."""
+    evaluation = config["evaluation"]
+    distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[evaluation["distance"]]
+    contexts: dict[str, dict[str, Any]] = {}
+    for name in config["run"]:
+        entry = config["datasets"][name]
+        contexts.setdefault(entry["format"], {
+            "dataset": name, "synthetic": entry["source"]["kind"] == "synthetic", "seeds": len(config["seeds"]),
+            "trials": evaluation["vehicleid_trials"], "distance": distance,
+        })
+    return contexts

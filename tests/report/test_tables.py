@@ -1,0 +1,115 @@
+"""The paper's numbers as data, Tables I–IV and the claims check."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from agnet.report.claims import check, check_all, paper_claims, write_claims
+from agnet.report.tables import build_rows, group_protocols, load_paper, write_tables
+
+CONTEXTS = {
+    "veri": {"dataset": "veri-x", "synthetic": True, "seeds": 2, "trials": 10, "distance": "cosine"},
+    "vehicleid": {"dataset": "vid-x", "synthetic": True, "seeds": 2, "trials": 10, "distance": "cosine"},
+}
+
+
+def test_paper_numbers_match_the_paper():
+    tables = load_paper()["tables"]
+    rows = {(t, r["method"]): r["values"] for t, table in tables.items() for r in table["rows"]}
+    assert rows[("table1", "LOMO")] == ["9.64", "25.33", "46.48"]
+    assert rows[("table1", "AGNet-ASL+STR")] == ["71.59", "95.61", "96.56"]
+    assert rows[("table2", "OIFE")] == ["-"] * 7 + ["67.0", "82.9"]
+    assert rows[("table2", "VGG+T")][1] == "40.4"  # printed with one decimal, kept as printed
+    assert rows[("table3", "Only-ID")] == ["57.82", "87.24", "93.32"]
+    assert rows[("table4", "AGNet-ASL-All")][-3:] == ["67.02", "64.40", "75.21"]
+    assert [len(t["rows"]) for t in tables.values()] == [14, 12, 7, 7]
+
+
+def summary(rows):
+    """A summary table with the given (dataset, variant, descriptor, protocol, mAP, std) rows."""
+    records = []
+    for dataset, variant, descriptor, protocol, value, std in rows:
+        records.append({"dataset": dataset, "variant": variant, "descriptor": descriptor, "protocol": protocol,
+                        "distance": "cosine", "mAP_mean": value, "mAP_std": std, "rank1_mean": value,
+                        "rank1_std": std, "rank5_mean": value, "rank5_std": std, "seeds": 2})
+    return pd.DataFrame(records)
+
+
+def full_summary(value=0.5, std=0.01):
+    rows = []
+    for variant in ("only_id", "agnet_ce", "agnet_asl"):
+        for descriptor in ("Attr", "ID", "All"):
+            for protocol in ("veri", "veri-str"):
+                rows.append(("veri-x", variant, descriptor, protocol, value, std))
+            for size in (3, 6, 9, 12):
+                rows.append(("vid-x", variant, descriptor, f"vehicleid-{size}", value, std))
+    return summary(rows)
+
+
+def test_synthetic_test_lists_stand_in_for_the_paper_sizes_in_order():
+    assert group_protocols("vehicleid", [800, 1600], ["vehicleid-800", "vehicleid-1600"]) == [
+        "vehicleid-800", "vehicleid-1600"]
+    assert group_protocols("vehicleid", [800, 1600, 2400], ["vehicleid-12", "vehicleid-3", "vehicleid-6"]) == [
+        "vehicleid-3", "vehicleid-6", "vehicleid-12"]
+    assert group_protocols("veri", [None], ["veri", "veri-str"]) == ["veri"]
+
+
+def test_literature_rows_are_copied_exactly_and_ours_follow_with_the_gap():
+    table = load_paper()["tables"]["table1"]
+    labels, rows, rules = build_rows(table, full_summary(0.6), "veri-x")
+    paper = {r["method"]: r["values"] for r in table["rows"]}
+    for label, cells in zip(labels, rows, strict=True):
+        method = label.split(" [")[0].removesuffix(" (paper)")
+        if method in paper and "(ours" not in label:
+            assert [c.text for c in cells] == paper[method]
+    ours = rows[labels.index("AGNet-ASL (ours)")]
+    assert ours[0].text == "60.00 ± 1.00"
+    assert rows[labels.index("AGNet-ASL (ours − paper)")][0].text == "-6.32"
+    best = [c for r in rows for c in r if c.bold]
+    assert {c.text for c in best} == {"71.59", "95.61", "96.56"}  # the paper's best values, in bold
+    assert rules == [12, 14]
+
+
+def test_tables_are_written_as_latex_and_markdown_with_a_synthetic_warning(tmp_path):
+    written = write_tables(full_summary(), CONTEXTS, tmp_path)
+    assert sorted(p.name for p in written) == sorted(f"table{n}.{e}" for n in range(1, 5) for e in ("tex", "md"))
+    tex = (tmp_path / "table2.tex").read_text()
+    assert "\\toprule" in tex and "\\multicolumn{3}{c}{Test size = 800}" in tex and "SYNTHETIC TWIN" in tex
+    assert "$\\pm$" in tex and "\\textbf{74.05}" in tex
+    md = (tmp_path / "table4.md").read_text()
+    assert md.startswith("**Table 4.**") and "| 800: mAP" in md and "SYNTHETIC TWIN" in md
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installation")
+def test_latex_compiles(tmp_path):
+    write_tables(full_summary(), CONTEXTS, tmp_path)
+    body = "".join(f"\\input{{table{n}.tex}}\n" for n in range(1, 5))
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[T1]{fontenc}"
+                                      "\\usepackage[utf8]{inputenc}\\begin{document}\n" + body + "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], check=False, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_claim_verdicts_follow_the_seed_spread():
+    claim = next(c for c in paper_claims() if c.id == "veri-asl-vs-ce")
+    base = [("veri-x", "agnet_ce", "All", "veri", 0.50, 0.01)]
+    better = summary([*base, ("veri-x", "agnet_asl", "All", "veri", 0.55, 0.01)])
+    assert check(claim, better, "veri-x").verdict == "reproduced"
+    worse = summary([*base, ("veri-x", "agnet_asl", "All", "veri", 0.45, 0.01)])
+    assert check(claim, worse, "veri-x").verdict == "not reproduced"
+    close = summary([*base, ("veri-x", "agnet_asl", "All", "veri", 0.505, 0.02)])
+    assert check(claim, close, "veri-x").verdict.startswith("inconclusive")
+    assert check(claim, summary(base), "veri-x").verdict == "inconclusive (result missing)"
+
+
+def test_claims_report_covers_every_claim(tmp_path):
+    verdicts = check_all(full_summary(), CONTEXTS)
+    assert len(verdicts) == len(paper_claims()) == 25
+    write_claims(verdicts, CONTEXTS, tmp_path / "claims.md", tmp_path / "claims.json")
+    text = (tmp_path / "claims.md").read_text()
+    assert "Synthetic twins, not the real datasets" in text and text.count("\n| ") == 26
