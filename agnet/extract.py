@@ -3,7 +3,9 @@
 ``features.pt`` (a ``torch.save`` dict, loadable with ``weights_only=True``) holds
 
 * ``paths``: image paths (manifest keys), each image decoded once;
-* ``Attr`` (N, D), ``ID`` (N, D), ``All`` (N, 2D): float16 descriptors, ``All = [Attr, (1 − α)·ID]``;
+* ``Attr`` (N, D), ``ID`` (N, D), ``All`` (N, 2D): the descriptors, ``All = [Attr, (1 − α)·ID]``, stored as
+  float16 unit vectors plus float32 norms (``<name>_norm``, (N, 1)) — compact, and safe from float16
+  overflow; :func:`load_features` multiplies them back (float32);
 * ``provenance``: variant, seed, model file sha256, α, input size, device, precision, versions.
 
 On a GPU, inference runs under autocast (bf16 where supported) with channels_last; on a CPU in
@@ -101,22 +103,33 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             outputs = model(images)
         for name, value in descriptors({k: v.float() for k, v in outputs.items()}, alpha).items():
-            chunks[name].append(value.to(torch.float16).cpu())
+            chunks[name].append(value.cpu())
     provenance = {
         "variant": settings.variant, "seed": record["seed"], "model": str(model_path),
         "model_sha256": sha256_file(Path(model_path)), "manifest": str(manifest_path), "alpha": alpha,
         "input_size": list(settings.input_size), "device": str(device), "precision": str(amp or torch.float32),
-        "storage": "float16", "agnet": __version__, "torch": str(torch.__version__),
+        "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
-    save_checkpoint(out_path, {"paths": relative, **{k: torch.cat(v) for k, v in chunks.items()},
-                               "provenance": provenance})
+    stored: dict[str, Any] = {"paths": relative, "provenance": provenance}
+    for name, parts in chunks.items():
+        values = torch.cat(parts)
+        if not torch.isfinite(values).all():
+            raise AgnetError(f"{model_path}: the {name} descriptor has non-finite values (a diverged model?)")
+        norms = values.norm(dim=1, keepdim=True)
+        stored[name] = (values / norms.clamp_min(1e-12)).to(torch.float16)
+        stored[f"{name}_norm"] = norms
+    save_checkpoint(out_path, stored)
     return provenance
 
 
 def load_features(path: str | Path) -> dict[str, Any]:
-    """Read a ``features.pt`` written by :func:`extract`."""
+    """Read a ``features.pt`` written by :func:`extract`; descriptors come back as float32 (N, dim)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means the same to the user
         raise AgnetError(f"{path}: unreadable features file ({error})") from None
+    for name in DESCRIPTORS:
+        if f"{name}_norm" in stored:
+            stored[name] = stored[name].float() * stored.pop(f"{name}_norm")
+    return stored

@@ -83,5 +83,15 @@ def test_end_to_end_on_tiny_twins(tmp_path):
     summary = pd.read_csv(tmp_path / "results/metrics/summary.csv")
     assert len(summary) == 6 and set(summary["descriptor"]) == {"All"} and (summary["seeds"] == 1).all()
     assert summary["mAP_mean"].between(0, 1).all()
+    for n in range(1, 5):
+        assert "SYNTHETIC TWIN" in (tmp_path / f"results/tables/table{n}.md").read_text()
+        assert (tmp_path / f"results/tables/table{n}.tex").read_text().startswith("\\begin{table*}")
+    assert "Synthetic twins, not the real datasets" in (tmp_path / "results/claims.md").read_text()
+    for figure in ("fig5_cmc_veri", "fig6_cmc_vehicleid", "fig7_tsne", "fig8_retrieval_veri", "training_curves"):
+        assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 10_000
+    report = snakemake(tmp_path, "--configfile", DEMO, str(cfg), "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "claims.md" in html and "fig5_cmc_veri.png" in html
     again = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone

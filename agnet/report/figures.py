@@ -564,6 +564,6 @@ def training_curves(logs: Mapping[str, Sequence[str | Path]], out_stem: str | Pa
                 labels.setdefault(lab, lab)
         band = f"line: mean over {seeds} seeds, band: min–max" if seeds >= 2 else "single seed"
         legend_ax.legend(list(handles.values()), list(labels.values()), loc="center", frameon=False,
-                         title=f"Variant\n({band})", fontsize="medium")
+                         title=f"Variant\n({band})", fontsize="medium", alignment="center")
         fig.suptitle(_with_note("Training losses per epoch", title_note), fontsize="large")
         return _save(plt, fig, out_stem)
