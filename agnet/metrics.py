@@ -113,6 +113,15 @@ def _check_cams(q_cams, g_cams) -> None:
         raise ValueError("pass both q_cams and g_cams (VeRi: junk removal) or neither (VehicleID: no junk)")
 
 
+def _prepare_labels(q_ids, g_ids, q_cams, g_cams, nq: int, ng: int, dev: torch.device):
+    """Validated query ids/cameras on ``dev`` and the gallery index: ``(q_ids, q_cams or None, gallery)``."""
+    qi = _labels(q_ids, "q_ids", nq).to(dev)
+    gi = _labels(g_ids, "g_ids", ng)
+    qc = None if q_cams is None else _labels(q_cams, "q_cams", nq).to(dev)
+    gc = None if g_cams is None else _labels(g_cams, "g_cams", ng)
+    return qi, qc, _GalleryIndex(gi, gc, dev)
+
+
 def _resolve_device(device, *tensors, prefer_cuda: bool = True) -> torch.device:
     """``device`` if given, else the first non-CPU tensor's device, else CUDA when available (``prefer_cuda``)."""
     if device is not None:
@@ -401,11 +410,7 @@ def evaluate(
         d_all = d_all.to(torch.float32)
     nq, ng = d_all.shape
     dev = _resolve_device(device, d_all)
-    qi = _labels(q_ids, "q_ids", nq).to(dev)
-    gi = _labels(g_ids, "g_ids", ng)
-    qc = None if q_cams is None else _labels(q_cams, "q_cams", nq).to(dev)
-    gc = None if g_cams is None else _labels(g_cams, "g_cams", ng)
-    gal = _GalleryIndex(gi, gc, dev)
+    qi, qc, gal = _prepare_labels(q_ids, g_ids, q_cams, g_cams, nq, ng, dev)
     ws = _Workspace()
     step = _chunk_rows(chunk, ng, dev)
     parts = []
@@ -525,11 +530,7 @@ def evaluate_features(
         if qf.shape[1] != gf.shape[1]:
             raise ValueError(f"feature dimensions differ: {qf.shape[1]} vs {gf.shape[1]}")
         nq, ng = qf.shape[0], gf.shape[0]
-        qi = _labels(q_ids, "q_ids", nq).to(dev)
-        gi = _labels(g_ids, "g_ids", ng)
-        qc = None if q_cams is None else _labels(q_cams, "q_cams", nq).to(dev)
-        gc = None if g_cams is None else _labels(g_cams, "g_cams", ng)
-        gal = _GalleryIndex(gi, gc, dev)
+        qi, qc, gal = _prepare_labels(q_ids, g_ids, q_cams, g_cams, nq, ng, dev)
         ws = _Workspace()
         dist = _Distance(gf, metric, normalize)
         step = _chunk_rows(chunk, ng, dev)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_name
 
 from agnet.metrics import cmc_map, evaluate, evaluate_features, pairwise_distance
 
@@ -249,16 +250,6 @@ def end_to_end(qf: torch.Tensor, gf: torch.Tensor, ids: tuple, max_rank: int) ->
 
 
 # ------------------------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(rec: dict) -> str:

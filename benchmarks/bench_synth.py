@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+from _machine import cpu_name
 
 from agnet.data.synth.vehicleid import synth_vehicleid
 from agnet.data.synth.veri import synth_veri
@@ -28,16 +29,6 @@ from agnet.data.verify import verify_dataset
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- bench:synth:start -->", "<!-- bench:synth:end -->"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_synth(fmt: str, vehicles: int, cameras: int, workers: int, repeats: int) -> dict:
