@@ -107,9 +107,16 @@ def test_claim_verdicts_follow_the_seed_spread():
     assert check(claim, summary(base), "veri-x").verdict == "inconclusive (result missing)"
 
 
+def test_literature_claims_compare_with_the_published_value():
+    claim = next(c for c in paper_claims() if c.id == "veri-vs-lomo")
+    assert claim.b_published == 9.64 and claim.paper_gap == pytest.approx(56.68)
+    verdict = check(claim, summary([("veri-x", "agnet_asl", "All", "veri", 0.20, 0.01)]), "veri-x")
+    assert verdict.ours_b == 9.64 and verdict.gap == pytest.approx(10.36) and verdict.verdict == "reproduced"
+
+
 def test_claims_report_covers_every_claim(tmp_path):
     verdicts = check_all(full_summary(), CONTEXTS)
-    assert len(verdicts) == len(paper_claims()) == 25
+    assert len(verdicts) == len(paper_claims()) == 33
     write_claims(verdicts, CONTEXTS, tmp_path / "claims.md", tmp_path / "claims.json")
     text = (tmp_path / "claims.md").read_text()
-    assert "Synthetic twins, not the real datasets" in text and text.count("\n| ") == 26
+    assert "Synthetic twins, not the real datasets" in text and text.count("\n| ") == 34
