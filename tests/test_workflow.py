@@ -104,3 +104,14 @@ def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     # 2 datasets x 3 variants x 3 seeds; VeRi 3 descriptors x 2 protocols + VehicleID 3 x 4 sizes per run.
     assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == str(9 * 6 + 9 * 12)
     assert counts["tables"] == counts["claims"] == counts["figures"] == "1"
+
+
+def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):
+    done = snakemake(tmp_path, "-n", "--profile", str(REPO / "workflow/profiles/slurm"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    blocks = done.stdout.split("\n\n")
+    train = next(b for b in blocks if b.lstrip().startswith("rule train:") or "\nrule train:" in b)
+    assert "gpu=1" in train and "mem_mb=48000" in train and "runtime=1440" in train
+    assert "slurm_extra=--signal=USR1@300" in train  # the walltime warning the training loop checkpoints on
+    evaluate = next(b for b in blocks if "rule evaluate:" in b)
+    assert "gpu=" not in evaluate and "mem_mb=16000" in evaluate
