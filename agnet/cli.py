@@ -214,6 +214,12 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--config`` flag: workflow config files merged in order, as Snakemake's ``--configfile``."""
+    parser.add_argument("--config", type=Path, action="append", required=True,
+                        help="workflow config file; repeat to merge (later files override, as --configfile)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
     parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
@@ -273,8 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(func=_cmd_grid)
 
     train = groups.add_parser("train", help="train one (dataset, variant, seed) run")
-    train.add_argument("--config", type=Path, action="append", required=True,
-                       help="workflow config file; repeat to merge (later files override, as --configfile)")
+    _add_config(train)
     train.add_argument("--manifest", type=Path, required=True, help="dataset manifest (Parquet)")
     train.add_argument("--variant", required=True, help="a key of `variants` in the config")
     train.add_argument("--seed", type=int, required=True)
@@ -290,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     extract = groups.add_parser("extract", help="write the Attr/ID/All descriptors of a trained run")
-    extract.add_argument("--config", type=Path, action="append", required=True)
+    _add_config(extract)
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
     extract.add_argument("--out", type=Path, required=True)
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(func=_cmd_extract)
 
     evaluate = groups.add_parser("evaluate", help="CMC/mAP of one descriptor under one protocol")
-    evaluate.add_argument("--config", type=Path, action="append", required=True)
+    _add_config(evaluate)
     evaluate.add_argument("--features", type=Path, required=True)
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), required=True)
@@ -318,18 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = groups.add_parser("report", help="Tables I-IV and the claims check")
     report_cmds = report.add_subparsers(dest="command", required=True)
     tables = report_cmds.add_parser("tables", help="table{1..4}.{tex,md}: the paper's rows and ours")
-    tables.add_argument("--config", type=Path, action="append", required=True)
+    _add_config(tables)
     tables.add_argument("--summary", type=Path, required=True, help="results/metrics/summary.csv")
     tables.add_argument("--out", type=Path, required=True)
     tables.set_defaults(func=_cmd_report_tables)
     claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts")
-    claims.add_argument("--config", type=Path, action="append", required=True)
+    _add_config(claims)
     claims.add_argument("--summary", type=Path, required=True)
     claims.add_argument("--markdown", type=Path, required=True)
     claims.add_argument("--json", type=Path, required=True)
     claims.set_defaults(func=_cmd_report_claims)
     figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
-    figures.add_argument("--config", type=Path, action="append", required=True)
+    _add_config(figures)
     figures.add_argument("--metrics", type=Path, required=True, help="results/metrics (cmc.parquet)")
     figures.add_argument("--runs", type=Path, required=True, help="results/runs")
     figures.add_argument("--out", type=Path, required=True)
