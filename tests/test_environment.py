@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import sys
 import tomllib
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
 
 TOOLING = {"python", "pip"}  # conda-side tooling, not in a pip freeze
+VENV_TOOLING = {"pip", "setuptools", "wheel", "agnet"}  # what a venv and `pip install -e .` add beside the lock
 
 
 def normalise(name: str) -> str:
@@ -82,3 +87,35 @@ def test_every_rule_declares_the_environment():
         rules_defined = re.findall(r"^rule (\w+):", text, flags=re.MULTILINE)
         declared = text.count('conda:\n        "../../environment.yml"')
         assert declared == len(rules_defined), f"{rules.name}: {len(rules_defined)} rules, {declared} conda: directives"
+
+
+def installed_versions() -> dict[str, str]:
+    return {normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+
+
+def test_environment_pins_are_what_is_installed():
+    """The environment running the tests (CI's venv, or `conda env create -f environment.yml`) has every
+    pin of environment.yml at exactly that version."""
+    conda, pip = env_pins()
+    installed = installed_versions()
+    wrong = {name: (version, installed.get(name, "not installed"))
+             for name, version in {**conda, **pip}.items()
+             if name not in TOOLING and installed.get(name, "").split("+")[0] != version}
+    assert not wrong, f"environment.yml pin != installed version: {wrong}"
+
+
+def test_a_pip_environment_is_exactly_the_lock():
+    """In a venv made by the README's command nothing is missing from requirements.lock or unpinned: a new
+    transitive dependency shows up here before it can drift between machines."""
+    if (Path(sys.prefix) / "conda-meta").is_dir():
+        pytest.skip("a conda environment resolves its own closure of the same direct pins (checked above)")
+    installed = {name: version.split("+")[0] for name, version in installed_versions().items()
+                 if name not in VENV_TOOLING}
+    lock = lock_pins()
+    extra = sorted(f"{n}=={v}" for n, v in installed.items() if n not in lock)
+    missing = sorted(n for n in lock if n not in installed)
+    differ = sorted(f"{n}: lock {lock[n]}, installed {installed[n]}" for n in lock if n in installed
+                    and installed[n] != lock[n])
+    assert not (extra or missing or differ), (
+        f"requirements.lock and the installed environment differ: installed but not locked {extra}, "
+        f"locked but not installed {missing}, other versions {differ}")
