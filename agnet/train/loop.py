@@ -188,7 +188,7 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     weights = LossWeights(**settings.loss_weights)
 
-    epoch, step, rows, meter = 0, 0, [], EpochMeter()
+    epoch, step, rows, meter, resumes = 0, 0, [], EpochMeter(), []
     if resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         check_compatible(state, settings.to_dict(), seed, manifest_sha256, checkpoint_path)
@@ -199,13 +199,16 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
         set_rng_state(state["rng"])
         epoch, step, rows = state["position"]["epoch"], state["position"]["step"], list(state["rows"])
         meter = EpochMeter(**state["meter"])
+        resumes = list(state.get("resumes", [])) + [{"epoch": epoch, "step": step}]
+        print(f"resuming from {checkpoint_path}: epoch {epoch + 1}, step {step} of {sampler.steps_per_epoch}",
+              file=sys.stderr)
 
     def checkpoint(at_epoch: int, at_step: int) -> None:
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), "position": {"epoch": at_epoch, "step": at_step},
             "meter": meter.state(), "rows": rows, "settings": settings.to_dict(), "seed": seed,
-            "manifest_sha256": manifest_sha256,
+            "manifest_sha256": manifest_sha256, "resumes": resumes,
         })
 
     steps_per_epoch = sampler.steps_per_epoch
@@ -274,6 +277,7 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
         "num_classes": train_set.num_classes, "color_names": meta["color_names"], "type_names": meta["type_names"],
         "dataset_format": meta["format"], "pretrained": pretrained, "precision": str(amp_dtype or "float32"),
         "channels_last": channels_last, "environment": _environment(device), "final": rows[-1],
+        "resumes": resumes,  # where each resumption started (0-based epoch, step within it)
     }
     record = json.loads(json.dumps(record, default=str))  # plain types only: loadable with weights_only=True
     model_path = out_dir / "model.pt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -116,9 +117,11 @@ def _run_until(command: list[str], ready, sig: int, timeout: float = 120.0) -> i
     return process.returncode
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + signal.SIGTERM)])
+@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + signal.SIGTERM),
+                                         (signal.SIGUSR1, 128 + signal.SIGUSR1)])
 def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_files, tmp_path):
-    """SIGKILL loses the running epoch (the last epoch checkpoint is used); SIGTERM checkpoints mid-epoch.
+    """SIGKILL loses the running epoch (the last epoch checkpoint is used); SIGTERM (a job being stopped) and
+    SIGUSR1 (the cluster's walltime warning) checkpoint mid-epoch.
 
     Either way the resumed run ends bit-identical to an uninterrupted one (CPU, deterministic).
     """
@@ -130,8 +133,15 @@ def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_f
                       lambda: (interrupted / "checkpoint.pt").exists(), sig) == status
     state = torch.load(interrupted / "checkpoint.pt", weights_only=True)
     assert state["position"]["epoch"] >= 1 and not (interrupted / "model.pt").exists()
-    subprocess.run(_train_command(config_files, manifest, interrupted), check=True, env=env, capture_output=True)
+    resumed = subprocess.run(_train_command(config_files, manifest, interrupted), check=True, env=env,
+                             capture_output=True, text=True)
     assert_same_weights(reference, interrupted)
+    position = state["position"]
+    assert f"resuming from {interrupted / 'checkpoint.pt'}: epoch {position['epoch'] + 1}, step {position['step']}" \
+        in resumed.stderr
+    assert (position["step"] == 0) == (sig == signal.SIGKILL)  # only SIGKILL falls back to the epoch boundary
+    assert json.loads((interrupted / "run.json").read_text())["resumes"] == [position]
+    assert json.loads((reference / "run.json").read_text())["resumes"] == []
     assert [r["loss_total"] for r in read_log(reference)] == [r["loss_total"] for r in read_log(interrupted)]
 
 
