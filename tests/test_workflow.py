@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from agnet.data.manifest import read_manifest
 from tests.conftest import REPO
@@ -109,9 +110,28 @@ def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
 def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):
     done = snakemake(tmp_path, "-n", "--profile", str(REPO / "workflow/profiles/slurm"))
     assert done.returncode == 0, done.stderr[-2000:]
-    blocks = done.stdout.split("\n\n")
-    train = next(b for b in blocks if b.lstrip().startswith("rule train:") or "\nrule train:" in b)
-    assert "gpu=1" in train and "mem_mb=48000" in train and "runtime=1440" in train
-    assert "slurm_extra=--signal=USR1@300" in train  # the walltime warning the training loop checkpoints on
-    evaluate = next(b for b in blocks if "rule evaluate:" in b)
-    assert "gpu=" not in evaluate and "mem_mb=16000" in evaluate
+    blocks = [b for b in done.stdout.split("\n\n") if "rule " in b and "resources:" in b]
+    by_rule: dict[str, list[str]] = {}
+    for block in blocks:
+        rule = block.split("rule ", 1)[1].split(":", 1)[0]
+        by_rule.setdefault(rule, []).append(block.split("resources:", 1)[1].split("\n", 1)[0])
+    assert {r: len(v) for r, v in by_rule.items() if r in ("train", "extract", "evaluate")} == {
+        "train": 18, "extract": 18, "evaluate": 162}
+    for resources in by_rule["train"]:
+        assert all(f in resources for f in ("gpu=1", "mem_mb=48000", "runtime=1440", "cpus_per_task=8"))
+        assert "slurm_extra=--signal=USR1@300" in resources  # the walltime warning the training loop checkpoints on
+    for resources in by_rule["extract"]:
+        assert "gpu=1" in resources and "cpus_per_task=8" in resources
+    for resources in by_rule["evaluate"]:
+        assert "gpu=" not in resources and "mem_mb=16000" in resources and "cpus_per_task=2" in resources
+    for rule, listed in by_rule.items():  # every job says what it asks for
+        assert all("mem_mb=" in r and "runtime=" in r for r in listed), rule
+
+
+def test_workstation_profile_plans_the_demo_with_a_gpu_limit(tmp_path):
+    done = snakemake(tmp_path, "-n", "--profile", str(REPO / "workflow/profiles/default"), "--configfile", DEMO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1} and profile["cores"] == "all"
+    train = next(b for b in done.stdout.split("\n\n") if "rule train:" in b)
+    assert "gpu=1" in train  # what the limit counts

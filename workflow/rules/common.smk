@@ -1,6 +1,7 @@
 # Shared helpers: config validation, dataset lookups and the target list.
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +30,12 @@ os.environ.update(
         [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
     ),
 )
+# On a cluster, SIGUSR1 is the walltime warning (`--signal=USR1@300` in the SLURM profile) and SLURM
+# sends it to every process of the job step: this Snakemake and the rule's shell would die of it (the
+# default action) and the step would end while training is still writing its checkpoint. Ignoring it
+# here is inherited by the shell; `agnet train` installs its own handler, checkpoints and exits.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
 # Config files in merge order (the workflow's own first); `agnet train` merges them the same way.
 CONFIG_FILES = [str(Path(workflow.basedir, "config.yaml").resolve())] + [
     str(Path(p).resolve()) for p in workflow.overwrite_configfiles

@@ -1,8 +1,11 @@
 # Dataset stage: obtain (synthesise or fetch) -> verify -> manifest, for every dataset in `run`.
 
 
+# Downloads need the internet (often only the head node has it); verification reads every file once and
+# must see the same file system as the download. Both are I/O, not compute.
 localrules:
     fetch,
+    verify,
 
 
 rule synthesize:

@@ -2,6 +2,11 @@
 # one tidy table over all runs and seeds.
 
 
+# Collecting the metrics files into two tables takes seconds: not worth a queue wait.
+localrules:
+    aggregate,
+
+
 rule extract:
     input:
         model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
