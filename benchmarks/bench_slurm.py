@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._machine import cpu_name
-from tests.slurm.site_profile import site_profile
+from tests.slurm.site_profile import write_local_profile
 from tests.test_slurm import CONFIG, LOCAL_SLURM
 from tests.test_workflow import DEMO, SNAKEMAKE
 
@@ -58,12 +58,7 @@ def main() -> int:
     try:
         setup = timed([str(LOCAL_SLURM), "start"], env=env, timeout=900)
         local = timed([*SNAKEMAKE, "-d", str(work / "local"), "--cores", "2", "--configfile", DEMO, str(config)])
-        cpus, mem = subprocess.run(["sinfo", "-h", "-o", "%c %m"], check=True, capture_output=True,
-                                   text=True).stdout.split()
-        profile = work / "profile"
-        profile.mkdir()
-        (profile / "config.yaml").write_text(yaml.safe_dump(
-            site_profile("debug", "agnet", cpus=int(cpus), mem_mb=min(6000, int(mem) // 3), fast_status=True)))
+        profile = write_local_profile(work / "profile")
         since = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
         cluster = timed([*SNAKEMAKE, "-d", str(work / "slurm"), "--profile", str(profile), "--configfile", DEMO,
                          str(config)])

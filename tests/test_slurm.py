@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
-from tests.slurm.site_profile import site_profile
+from tests.slurm.site_profile import write_local_profile
 from tests.test_workflow import DEMO, SNAKEMAKE, TINY, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -37,7 +37,7 @@ LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
 # Not under pytest's 0700 tmp dirs: munged, slurmdbd and MariaDB run as their own users.
 STATE = Path(f"/tmp/agnet-test-slurm-{os.getpid()}")
 # The end-to-end test's tiny DAG, deterministic, with enough epochs that the signal lands mid-run.
-CONFIG = {**yaml.safe_load(TINY)}
+CONFIG = yaml.safe_load(TINY)
 CONFIG["training"] = {**CONFIG["training"], "epochs": 10, "lr_milestones": [8], "deterministic": True}
 INTERRUPTED = "results/runs/tiny-veri/agnet_asl/seed0"
 # Jobs that must go through sbatch (the rest are localrules): per rule, for the tiny DAG.
@@ -108,11 +108,7 @@ def runs(cluster, tmp_path_factory):
     done = snakemake(local, "--cores", "2", "--configfile", DEMO, str(config))
     assert done.returncode == 0, done.stderr[-3000:]
 
-    profile = base / "profile"
-    profile.mkdir()
-    nodes = _slurm("sinfo", "-h", "-o", "%c %m").split()
-    (profile / "config.yaml").write_text(yaml.safe_dump(
-        site_profile("debug", "agnet", cpus=int(nodes[0]), mem_mb=min(6000, int(nodes[1]) // 3), fast_status=True)))
+    profile = write_local_profile(base / "profile")
     since = _slurm("date", "+%Y-%m-%dT%H:%M:%S").strip()
     log = (base / "slurm-run.log").open("w")
     process = subprocess.Popen([*SNAKEMAKE, "-d", str(remote), "--profile", str(profile), "--configfile", DEMO,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -39,6 +40,16 @@ def site_profile(partition: str, account: str | None, cpus: int, mem_mb: int, fa
         profile["slurm-init-seconds-before-status-checks"] = 1
         profile["latency-wait"] = 5  # one machine: outputs are visible at once
     return profile
+
+
+def write_local_profile(out: Path) -> Path:
+    """The profile for the running local cluster of tests/slurm/local-slurm.sh, sized from its node (sinfo)."""
+    cpus, mem = subprocess.run(["sinfo", "-h", "-o", "%c %m"], check=True, capture_output=True, text=True,
+                               timeout=60).stdout.split()
+    out.mkdir(parents=True, exist_ok=True)
+    profile = site_profile("debug", "agnet", cpus=int(cpus), mem_mb=min(6000, int(mem) // 3), fast_status=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
