@@ -29,6 +29,9 @@ Sampling rules (documented choices):
   Negatives are uniform over *images* (vehicles with more images are drawn more often).
 * ``hard`` flags a pair whose two images differ in vehicle but share colour and type, both
   labelled; a random negative can therefore be hard by chance.
+* A variant that may not use attributes (Only-ID) builds its :class:`TrainSet` without them
+  (every image unlabelled), so it gets no hard negatives and no ``hard`` flags: its negatives are
+  uniform over the other vehicles' images, whatever the colour/type columns hold.
 """
 
 from __future__ import annotations
@@ -105,8 +108,13 @@ class TrainSet:
             array.setflags(write=False)
 
     @classmethod
-    def from_manifest(cls, frame: pd.DataFrame, root: str | Path) -> TrainSet:
-        """The ``split == "train"`` rows of a manifest; ``root`` is ``metadata["root"]``."""
+    def from_manifest(cls, frame: pd.DataFrame, root: str | Path, attributes: bool = True) -> TrainSet:
+        """The ``split == "train"`` rows of a manifest; ``root`` is ``metadata["root"]``.
+
+        ``attributes=False`` (a variant that must not use colour/type, e.g. Only-ID) never reads the
+        ``color_id``/``type_id`` columns: every image is unlabelled, so no loss, pair choice or flag
+        downstream can depend on them.
+        """
         train = frame.loc[frame["split"] == "train"]
         if train.empty:
             raise AgnetError("manifest has no 'train' rows: nothing to train on")
@@ -114,6 +122,8 @@ class TrainSet:
             raise AgnetError(f"manifest: {int(train['class_id'].isna().sum())} training rows lack a class_id")
         root = Path(root)
         paths = [str(root / p) for p in train["path"].tolist()]
+        if not attributes:
+            return cls(paths, _label_array(train["class_id"]))
         return cls(paths, _label_array(train["class_id"]), _label_array(train["color_id"]), _label_array(train["type_id"]))
 
     def __len__(self) -> int:

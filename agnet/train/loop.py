@@ -172,9 +172,9 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
 
     frame, meta = read_manifest(manifest)
     manifest_sha256 = sha256_file(Path(manifest))
-    train_set = TrainSet.from_manifest(frame, meta["root"])
+    train_set = TrainSet.from_manifest(frame, meta["root"], attributes=settings.uses_attributes)
     sampler = PairSampler(train_set, settings.batch_size, settings.positive_fraction,
-                          settings.hard_negative_fraction, seed)
+                          settings.effective_hard_negative_fraction, seed)
     cache = DecodedCache.for_trainset(train_set, settings.input_size, cache_dir) if settings.decoded_cache else None
     trunk = build_trunk(settings.backbone)
     pretrained = load_pretrained(trunk, settings.pretrained, settings.backbone, Path(weights_cache))
@@ -275,7 +275,9 @@ def train(settings: TrainSettings, manifest: str | Path, out_dir: str | Path, se
     record = {
         "settings": settings.to_dict(), "seed": seed, "manifest": str(manifest), "manifest_sha256": manifest_sha256,
         "num_classes": train_set.num_classes, "color_names": meta["color_names"], "type_names": meta["type_names"],
-        "dataset_format": meta["format"], "pretrained": pretrained, "precision": str(amp_dtype or "float32"),
+        "dataset_format": meta["format"], "attributes_used": settings.uses_attributes,
+        "hard_negative_fraction_used": settings.effective_hard_negative_fraction, "pretrained": pretrained,
+        "precision": str(amp_dtype or "float32"),
         "channels_last": channels_last, "environment": _environment(device), "final": rows[-1],
         "resumes": resumes,  # where each resumption started (0-based epoch, step within it)
     }

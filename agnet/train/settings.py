@@ -44,10 +44,20 @@ class TrainSettings:
 
     @property
     def uses_attributes(self) -> bool:
-        """Whether colour/type labels supervise anything (the attribute loss or ALS)."""
+        """Whether the variant may read colour/type labels at all (the attribute loss or ALS needs them).
+
+        A variant for which this is False (Only-ID) trains on a training set whose attribute columns are
+        never read (:meth:`agnet.train.data.TrainSet.from_manifest`), so neither its losses nor its pair
+        sampling can depend on them: permuting the labels leaves its weights bit-identical (tested).
+        """
         return self.loss_weights["attributes"] > 0 or (
             self.verification_loss == "als" and self.loss_weights["verify"] > 0
         )
+
+    @property
+    def effective_hard_negative_fraction(self) -> float:
+        """``hard_negative_fraction`` where attributes may be used, else 0 (hard negatives are defined by them)."""
+        return self.hard_negative_fraction if self.uses_attributes else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (stored in checkpoints and run records)."""

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -185,3 +187,36 @@ def test_decoded_cache_trains_exactly_like_jpeg_decoding(manifest, config_files,
     train(cached, manifest, tmp_path / "cached", seed=2, cache_dir=tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").glob("decoded-*.npy"))
     assert_same_weights(tmp_path / "plain", tmp_path / "cached")
+
+
+def _relabelled(manifest: Path, out: Path, mode: str) -> Path:
+    """A copy of ``manifest`` whose training colour/type labels are permuted across images, or all missing."""
+    from agnet.data.manifest import read_manifest, write_manifest
+
+    frame, meta = read_manifest(manifest)
+    train_rows = frame.index[frame["split"] == "train"]
+    rng = np.random.default_rng(11)
+    for column in ("color_id", "type_id"):
+        values = frame.loc[train_rows, column].to_numpy()
+        frame.loc[train_rows, column] = pd.NA if mode == "null" else values[rng.permutation(len(values))]
+    write_manifest(frame, meta, out)
+    return out
+
+
+@pytest.mark.parametrize("variant, attribute_blind", [("only_id", True), ("agnet_asl", False)])
+def test_only_id_reads_no_attribute_label(variant, attribute_blind, manifest, config_files, tmp_path):
+    """Only-ID's weights do not depend on the colour/type columns at all (losses, pair sampling, flags):
+    permuting them, or deleting them, trains bit-identical weights. AGNet-ASL, which uses them, changes."""
+    settings = settings_for(config_files, variant, epochs=1)
+    original = train(settings, manifest, tmp_path / "original", seed=1, progress=False)
+    assert original["attributes_used"] is not attribute_blind
+    assert original["hard_negative_fraction_used"] == (0.0 if attribute_blind else settings.hard_negative_fraction)
+    for mode in ("permuted", "null"):
+        relabelled = _relabelled(manifest, tmp_path / f"{mode}.parquet", mode)
+        train(settings, relabelled, tmp_path / mode, seed=1, progress=False)
+        if attribute_blind:
+            assert_same_weights(tmp_path / "original", tmp_path / mode)
+        else:
+            base = weights(tmp_path / "original")
+            differs = {k for k, v in weights(tmp_path / mode).items() if not torch.equal(v, base[k])}
+            assert "stem.0.weight" in differs, f"{variant}: the shared trunk ignored the {mode} attribute labels"
