@@ -185,7 +185,7 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
     from agnet.report.tables import contexts_from_config
 
     contexts = contexts_from_config(load_config(*args.config))
-    verdicts = check_all(pd.read_csv(args.summary), contexts)
+    verdicts = check_all(pd.read_csv(args.runs), contexts)
     write_claims(verdicts, contexts, args.markdown, args.json)
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
     return 0
@@ -327,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--summary", type=Path, required=True, help="results/metrics/summary.csv")
     tables.add_argument("--out", type=Path, required=True)
     tables.set_defaults(func=_cmd_report_tables)
-    claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts")
+    claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts, and the paper against itself")
     _add_config(claims)
-    claims.add_argument("--summary", type=Path, required=True)
+    claims.add_argument("--runs", type=Path, required=True, help="results/metrics/runs.csv (one row per run)")
     claims.add_argument("--markdown", type=Path, required=True)
     claims.add_argument("--json", type=Path, required=True)
     claims.set_defaults(func=_cmd_report_claims)

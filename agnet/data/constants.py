@@ -62,5 +62,18 @@ HOW_TO_OBTAIN = {
 
 def twin_test_sizes(vehicles: int) -> list[int]:
     """Test-list sizes of a synthetic VehicleID twin: 1/4, 2/4, 3/4 and all of its test vehicles."""
+    return sorted(set(twin_stand_ins(vehicles).values()))
+
+
+# The test sizes of the paper's VehicleID tables (Tables II and IV): 1/4, 2/4, 3/4 and all of 3,200 vehicles.
+PAPER_TEST_SIZES = (800, 1600, 2400, 3200)
+
+
+def twin_stand_ins(vehicles: int) -> dict[int, int]:
+    """Paper test size -> the synthetic VehicleID twin's test list (vehicles) that stands in for it.
+
+    The twin's k-th list holds k/4 of its test vehicles, as the paper's 800·k holds k/4 of 3,200: that is the
+    correspondence, stated here once (never inferred from the order of whatever lists were evaluated).
+    """
     n_test = vehicles - vehicles // 2
-    return sorted({max(1, round(n_test * k / 4)) for k in range(1, 5)})
+    return {size: max(1, round(n_test * k / 4)) for k, size in enumerate(PAPER_TEST_SIZES, start=1)}

@@ -1,15 +1,23 @@
-"""The paper's quantitative claims (§IV.C–D) as machine-checked statements with a verdict.
+"""The paper's claims, judged on our results by direction AND size, plus the paper checked against itself.
 
-Every claim compares two of our results (A − B on one metric, in percentage points) and states what
-the paper reports for the same comparison. Verdict, decided by the spread over seeds:
+Claims come from the statements of ``paper_text.yaml`` marked ``claim: true``; the paper's gap of each claim
+is computed from its Tables I–IV (``paper_results.yaml``), never typed in. A claim says "A beats B" on one
+metric of one table cell (VeRi, or one VehicleID test size); B is one of our rows or a published literature
+value (for "beats every method" statements: the strongest published competitor of that cell).
 
-* ``reproduced``: the difference has the claimed sign and exceeds its uncertainty
-  (``sqrt(std_A² + std_B²)`` over seeds, at least 0.1 points);
-* ``not reproduced``: the opposite sign beyond the uncertainty;
-* ``inconclusive``: within the uncertainty, fewer than two seeds, or a result is missing.
+**Statistics.** The unit of replication is the training seed. For each seed run by both sides, the paired
+difference d_s = A_s − B_s (percentage points; the same seed for both variants; on VehicleID both sides'
+values are means over the same seeded gallery draws, so the trials are paired as well). The interval is the
+95 % Student-t interval of the mean of d over the n seeds (B published: d_s = A_s − B). Verdicts:
 
-Results on a synthetic twin are checked the same way but the report says they do not test the
-paper's claims about the real datasets.
+* ``reproduced``: the interval lies above 0 and contains the paper's gap (direction and size);
+* ``direction only``: the interval lies above 0 but excludes the paper's gap (ours smaller or larger);
+* ``not reproduced``: the interval lies below 0 (reversed), or it contains 0 but excludes the paper's gap;
+* ``inconclusive``: the interval contains both 0 and the paper's gap (too few seeds or too noisy to decide),
+  fewer than 2 seeds (no interval), or a result is missing.
+
+Results on a synthetic twin are checked the same way, and the report says they do not test the paper's
+claims about the real datasets.
 """
 
 from __future__ import annotations
@@ -20,95 +28,100 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from agnet.atomic import write_text
+from agnet.report.paper import (
+    ROMAN,
+    CellRef,
+    Finding,
+    cell,
+    checked_cells,
+    consistency_findings,
+    load_paper,
+    load_statements,
+    table_row,
+)
 from agnet.report.tables import group_protocols
 
-METRIC_COLUMN = {"mAP": "mAP", "Rank-1": "rank1"}
+METRIC_COLUMN = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
+CONFIDENCE = 0.95
+INTERVAL_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean paired difference over training seeds "
+                   "(A − B per seed; VehicleID values are each seed's mean over the same seeded gallery draws)")
+LEGEND = {
+    "reproduced": "the interval lies above 0 and contains the paper's gap (direction and size)",
+    "direction only": "the interval lies above 0 but excludes the paper's gap (ours smaller or larger)",
+    "not reproduced": "the interval lies below 0, or contains 0 but excludes the paper's gap",
+    "inconclusive": "the interval contains both 0 and the paper's gap, fewer than 2 seeds, or a result is missing",
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a claim: a row of a paper table and, if it is an AGNet row, the result of ours it maps to."""
+
+    row: str
+    paper: float
+    variant: str | None = None  # None: a literature row, compared as published
+    descriptor: str | None = None
+    protocol: str | None = None  # VeRi rows name it; VehicleID rows take it from the table group
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A is better than B on ``metric`` for ``protocol`` (a protocol of the paper's dataset)."""
+    """A beats B on ``metric`` in one cell of ``table``; ``paper_gap`` = A − B as the tables print them."""
 
     id: str
+    statement: str
+    where: str
     text: str
     dataset: str  # veri | vehicleid
-    metric: str  # mAP | Rank-1
-    a: tuple[str, str, str]  # variant, descriptor, protocol (vehicleid: paper size as "vehicleid-800")
-    b: tuple[str, str, str] | None  # None: B is the published value of a literature method, `b_published`
-    paper_gap: float  # A − B as printed in the paper's tables, percentage points
-    section: str
-    b_published: float | None = None
+    table: str
+    group: int | None  # VehicleID test size
+    metric: str
+    a: Side
+    b: Side
+
+    @property
+    def paper_gap(self) -> float:
+        return self.a.paper - self.b.paper
 
 
-def _vid(size: int) -> str:
-    return f"vehicleid-{size}"
+def _side(paper: dict, table: str, row: str, group, column: str) -> Side | None:
+    value = cell(paper, CellRef(table, row, group, column))
+    if value is None:
+        return None
+    ours = table_row(paper, table, row).get("ours")
+    if ours is None:
+        return Side(row, value)
+    return Side(row, value, ours["variant"], ours["descriptor"], (ours.get("protocols") or [None])[0])
 
 
-def paper_claims() -> list[Claim]:
-    """Every quantitative comparison of §IV.C–D, with the paper's own numbers behind it."""
-    claims = [
-        Claim("veri-asl-vs-ce", "AGNet-ASL-All beats AGNet-CE-All in mAP on VeRi-776 (ALS helps)", "veri", "mAP",
-              ("agnet_asl", "All", "veri"), ("agnet_ce", "All", "veri"), 66.32 - 64.78, "IV.D"),
-        Claim("veri-asl-vs-only-id", "AGNet-ASL-All beats Only-ID by about 8.5 mAP on VeRi-776", "veri", "mAP",
-              ("agnet_asl", "All", "veri"), ("only_id", "All", "veri"), 66.32 - 57.82, "IV.D"),
-        Claim("veri-all-vs-id", "AGNet-ASL-All beats AGNet-ASL-ID by 3.71 mAP on VeRi-776", "veri", "mAP",
-              ("agnet_asl", "All", "veri"), ("agnet_asl", "ID", "veri"), 66.32 - 62.61, "IV.D"),
-        Claim("veri-all-vs-attr", "AGNet-ASL-All beats AGNet-ASL-Attr by 22.64 mAP on VeRi-776", "veri", "mAP",
-              ("agnet_asl", "All", "veri"), ("agnet_asl", "Attr", "veri"), 66.32 - 43.68, "IV.D"),
-        Claim("veri-id-vs-attr", "AGNet-ASL-ID beats AGNet-ASL-Attr in mAP on VeRi-776", "veri", "mAP",
-              ("agnet_asl", "ID", "veri"), ("agnet_asl", "Attr", "veri"), 62.61 - 43.68, "IV.D"),
-        Claim("veri-id-vs-attr-r1", "AGNet-ASL-ID beats AGNet-ASL-Attr in Rank-1 on VeRi-776", "veri", "Rank-1",
-              ("agnet_asl", "ID", "veri"), ("agnet_asl", "Attr", "veri"), 89.69 - 80.15, "IV.D"),
-        Claim("veri-ce-all-vs-id", "AGNet-CE-All beats AGNet-CE-ID in mAP on VeRi-776", "veri", "mAP",
-              ("agnet_ce", "All", "veri"), ("agnet_ce", "ID", "veri"), 64.78 - 64.09, "IV.D"),
-        Claim("veri-str", "Spatio-temporal re-ranking adds mAP on VeRi-776 (AGNet-ASL+STR vs AGNet-ASL)", "veri",
-              "mAP", ("agnet_asl", "All", "veri-str"), ("agnet_asl", "All", "veri"), 71.59 - 66.32, "IV.C"),
-        Claim("veri-str-r1", "Spatio-temporal re-ranking adds Rank-1 on VeRi-776", "veri", "Rank-1",
-              ("agnet_asl", "All", "veri-str"), ("agnet_asl", "All", "veri"), 95.61 - 90.90, "IV.C"),
-    ]
-    literature = [  # §IV.C: AGNet-ASL against the published rows of Tables I and II
-        ("veri-vs-lomo", "AGNet-ASL improves mAP over LOMO by 56.68 on VeRi-776", "veri", "mAP", "veri", 9.64),
-        ("veri-vs-dgd", "AGNet-ASL improves mAP over DGD by 48.40 on VeRi-776", "veri", "mAP", "veri", 17.92),
-        ("veri-vs-vami", "AGNet-ASL beats the best single-modal method (VAMI) in mAP on VeRi-776", "veri", "mAP",
-         "veri", 50.13),
-        ("veri-best-r1", "AGNet-ASL has the highest Rank-1 of Table I's compared methods (VAMI+ST 85.92)", "veri",
-         "Rank-1", "veri", 85.92),
-        ("veri-str-best", "AGNet-ASL+STR beats every spatio-temporal method of Table I in mAP (VAMI+ST 61.32)",
-         "veri", "mAP", "veri-str", 61.32),
-        ("vid800-vs-lomo", "AGNet-ASL beats LOMO in Rank-1 on VehicleID (800)", "vehicleid", "Rank-1",
-         "vehicleid-800", 19.76),
-        ("vid800-vs-dgd", "AGNet-ASL beats DGD in Rank-1 on VehicleID (800)", "vehicleid", "Rank-1",
-         "vehicleid-800", 44.80),
-        ("vid-vs-tamr", "AGNet-ASL beats TAMR in mAP on VehicleID (2400)", "vehicleid", "mAP", "vehicleid-2400",
-         60.97),
-    ]
-    ours = {("veri", "veri"): (66.32, 90.90), ("veri", "veri-str"): (71.59, 95.61),
-            ("vehicleid", "vehicleid-800"): (74.05, 71.15), ("vehicleid", "vehicleid-2400"): (69.66, 65.74)}
-    for cid, text, dataset, metric, protocol, value in literature:
-        printed = ours[(dataset, protocol)][0 if metric == "mAP" else 1]
-        claims.append(Claim(cid, text, dataset, metric, ("agnet_asl", "All", protocol), None, printed - value,
-                            "IV.C", b_published=value))
-    table4 = {  # VehicleID mAP / Rank-1 of Table IV: size -> (ASL-All, CE-All, Only-ID, ASL-ID, ASL-Attr)
-        800: ((74.05, 71.15), (72.20, 69.19), (70.59, 67.56), (72.39, 69.66), (66.77, 62.69)),
-        1600: ((72.08, 69.23), (69.52, 66.52), (68.97, 65.87), (70.68, 67.99), (63.22, 59.20)),
-        2400: ((69.66, 65.74), (67.50, 63.99), (65.06, 61.88), (66.95, 64.09), (59.59, 55.53)),
-        3200: ((67.02, 64.40), (65.24, 62.51), (63.49, 60.62), (65.63, 63.11), (57.09, 53.34)),
-    }
-    for size, (asl, ce, only, asl_id, asl_attr) in table4.items():
-        p = _vid(size)
-        claims += [
-            Claim(f"vid{size}-asl-vs-ce", f"AGNet-ASL-All beats AGNet-CE-All in mAP on VehicleID ({size})",
-                  "vehicleid", "mAP", ("agnet_asl", "All", p), ("agnet_ce", "All", p), asl[0] - ce[0], "IV.D"),
-            Claim(f"vid{size}-asl-vs-only-id", f"AGNet-ASL-All beats Only-ID in Rank-1 on VehicleID ({size})",
-                  "vehicleid", "Rank-1", ("agnet_asl", "All", p), ("only_id", "All", p), asl[1] - only[1], "IV.D"),
-            Claim(f"vid{size}-all-vs-id", f"AGNet-ASL-All beats AGNet-ASL-ID in mAP on VehicleID ({size})",
-                  "vehicleid", "mAP", ("agnet_asl", "All", p), ("agnet_asl", "ID", p), asl[0] - asl_id[0], "IV.D"),
-            Claim(f"vid{size}-id-vs-attr", f"AGNet-ASL-ID beats AGNet-ASL-Attr in mAP on VehicleID ({size})",
-                  "vehicleid", "mAP", ("agnet_asl", "ID", p), ("agnet_asl", "Attr", p), asl_id[0] - asl_attr[0],
-                  "IV.D"),
-        ]
+def paper_claims(paper: dict | None = None, statements: list[dict] | None = None) -> list[Claim]:
+    """Every claim of the statements marked ``claim: true`` (one per table cell and B row)."""
+    paper = paper or load_paper()
+    statements = statements if statements is not None else load_statements()
+    claims = []
+    for statement in statements:
+        if not statement.get("claim"):
+            continue
+        b_rows = [statement["b"]] if isinstance(statement["b"], str) else list(statement["b"])
+        for table, group, column in checked_cells(paper, statement):
+            a = _side(paper, table, statement["a"], group, column)
+            if a is None or a.variant is None:
+                continue
+            sides = [s for s in (_side(paper, table, row, group, column) for row in b_rows) if s is not None]
+            ours = [s for s in sides if s.variant is not None]
+            published = [s for s in sides if s.variant is None]
+            if published:  # "beats every method": judged against the strongest published competitor
+                ours.append(max(published, key=lambda s: s.paper))
+            where = "" if group is None else f" ({group})"
+            for b in ours:
+                claims.append(Claim(
+                    id=f"{statement['id']}/{table}{'' if group is None else f'-{group}'}/{column}/{b.row}",
+                    statement=statement["id"], where=statement["where"],
+                    text=f"{a.row} beats {b.row} in {column} (Table {ROMAN[table]}{where})",
+                    dataset=paper["tables"][table]["dataset"], table=table, group=group, metric=column, a=a, b=b))
     return claims
 
 
@@ -116,82 +129,118 @@ def paper_claims() -> list[Claim]:
 class Verdict:
     claim: Claim
     dataset: str  # the dataset name checked (e.g. veri-synth)
-    ours_a: float | None
+    ours_a: float | None  # mean over seeds, percentage points
     ours_b: float | None
-    gap: float | None
-    uncertainty: float | None
+    gap: float | None  # mean paired difference
+    low: float | None  # interval
+    high: float | None
     seeds: int
     verdict: str
 
 
-def _lookup(summary: pd.DataFrame, dataset: str, variant: str, descriptor: str, protocol: str | None, metric: str):
+def _per_seed(runs: pd.DataFrame, dataset: str, side: Side, protocol: str | None, metric: str) -> pd.Series | None:
     if protocol is None:
         return None
-    row = summary[(summary["dataset"] == dataset) & (summary["variant"] == variant)
-                  & (summary["descriptor"] == descriptor) & (summary["protocol"] == protocol)]
-    if row.empty:
-        return None
+    match = runs[(runs["dataset"] == dataset) & (runs["variant"] == side.variant)
+                 & (runs["descriptor"] == side.descriptor) & (runs["protocol"] == protocol)]
     column = METRIC_COLUMN[metric]
-    return 100 * float(row.iloc[0][f"{column}_mean"]), 100 * float(row.iloc[0][f"{column}_std"]), int(row.iloc[0]["seeds"])
+    if match.empty or column not in match or match[column].isna().all():
+        return None
+    return 100 * match.set_index("seed")[column].astype(float)
 
 
-def check(claim: Claim, summary: pd.DataFrame, dataset: str) -> Verdict:
-    """Verdict of one claim on one dataset's results."""
-    available = sorted(summary.loc[summary["dataset"] == dataset, "protocol"].unique())
-    if claim.dataset == "vehicleid":
-        sizes = [800, 1600, 2400, 3200]
-        mapping = dict(zip([_vid(s) for s in sizes], group_protocols("vehicleid", sizes, available), strict=True))
+def decide(paper_gap: float, low: float | None, high: float | None, seeds: int) -> str:
+    """The verdict of an interval [low, high] for a claimed positive gap (see the module docstring)."""
+    if seeds < 2 or low is None or high is None:
+        return "inconclusive (fewer than 2 seeds: no interval)"
+    holds_paper = low <= paper_gap <= high
+    if low > 0:
+        if holds_paper:
+            return "reproduced"
+        return "direction only (" + ("smaller" if high < paper_gap else "larger") + " than the paper's gap)"
+    if high < 0:
+        return "not reproduced (reversed)"
+    if holds_paper:
+        return "inconclusive (interval holds both 0 and the paper's gap)"
+    return "not reproduced (no gap detected; the paper's gap lies outside the interval)"
+
+
+def check(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins: dict[int, int] | None = None) -> Verdict:
+    """Verdict of one claim on one dataset's per-seed results (``runs``: one row per run, metrics in [0, 1])."""
+    available = sorted(runs.loc[runs["dataset"] == dataset, "protocol"].unique())
+
+    def protocol_of(side: Side) -> str | None:
+        if side.protocol is not None:
+            return side.protocol if side.protocol in available else None
+        return group_protocols(claim.dataset, [claim.group], available, stand_ins)[0]
+
+    a = _per_seed(runs, dataset, claim.a, protocol_of(claim.a), claim.metric)
+    if claim.b.variant is None:
+        b = None if a is None else pd.Series(claim.b.paper, index=a.index)
     else:
-        mapping = {p: p for p in ("veri", "veri-str")}
-    a = _lookup(summary, dataset, claim.a[0], claim.a[1], mapping.get(claim.a[2]), claim.metric)
-    if claim.b is None:  # a published literature value: no spread of its own
-        b = (claim.b_published, 0.0, a[2] if a else 0)
-    else:
-        b = _lookup(summary, dataset, claim.b[0], claim.b[1], mapping.get(claim.b[2]), claim.metric)
+        b = _per_seed(runs, dataset, claim.b, protocol_of(claim.b), claim.metric)
     if a is None or b is None:
-        return Verdict(claim, dataset, a and a[0], b and b[0], None, None, 0, "inconclusive (result missing)")
-    gap = a[0] - b[0]
-    seeds = min(a[2], b[2])
-    uncertainty = max(math.hypot(a[1], b[1]), 0.1)
-    if seeds < 2:
-        verdict = "inconclusive (fewer than 2 seeds)"
-    elif gap > uncertainty:
-        verdict = "reproduced"
-    elif gap < -uncertainty:
-        verdict = "not reproduced"
-    else:
-        verdict = "inconclusive (within the seed spread)"
-    return Verdict(claim, dataset, a[0], b[0], gap, uncertainty, seeds, verdict)
+        return Verdict(claim, dataset, None if a is None else float(a.mean()), None if b is None else float(b.mean()),
+                       None, None, None, 0, "inconclusive (result missing)")
+    paired = pd.concat({"a": a, "b": b}, axis=1, join="inner").dropna()
+    diff = paired["a"] - paired["b"]
+    n = len(diff)
+    mean = float(diff.mean()) if n else None
+    low = high = None
+    if n >= 2:
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * diff.std(ddof=1) / math.sqrt(n))
+        low, high = mean - half, mean + half
+    verdict = "inconclusive (result missing)" if n == 0 else decide(claim.paper_gap, low, high, n)
+    return Verdict(claim, dataset, float(paired["a"].mean()) if n else None, float(paired["b"].mean()) if n else None,
+                   mean, low, high, n, verdict)
 
 
-def check_all(summary: pd.DataFrame, datasets: dict[str, dict]) -> list[Verdict]:
-    """Every claim whose dataset format is in ``datasets`` (format -> context with ``dataset``)."""
-    return [check(c, summary, datasets[c.dataset]["dataset"]) for c in paper_claims() if c.dataset in datasets]
+def check_all(runs: pd.DataFrame, datasets: dict[str, dict]) -> list[Verdict]:
+    """Every claim whose dataset format is in ``datasets`` (format -> context with ``dataset``, ``stand_ins``)."""
+    return [check(c, runs, datasets[c.dataset]["dataset"], datasets[c.dataset].get("stand_ins"))
+            for c in paper_claims() if c.dataset in datasets]
 
 
-def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str | Path, out_json: str | Path) -> None:
-    """claims.md (a readable table with the numbers behind each verdict) and claims.json."""
+def _fmt(value: float | None, sign: bool = False) -> str:
+    return "n/a" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
+
+
+def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str | Path, out_json: str | Path,
+                 findings: list[Finding] | None = None) -> None:
+    """claims.md (verdicts with intervals, then the paper's own inconsistencies) and claims.json."""
+    findings = consistency_findings() if findings is None else findings
     synthetic = any(ctx["synthetic"] for ctx in datasets.values())
     lines = ["# Claims check", ""]
     if synthetic:
         lines += [("> **Synthetic twins, not the real datasets.** These verdicts test the suite end to end; they say "
                   "nothing about the paper's claims on VeRi-776 and VehicleID."), ""]
-    lines += [("Gap = A − B in percentage points, ours as mean over seeds; uncertainty = √(std_A² + std_B²) over "
-              "seeds. A claim is *reproduced* when our gap has the claimed sign beyond the uncertainty."), "",
-              "| claim | dataset | metric | paper gap | our A | our B | our gap | ± | seeds | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(value):
-        return "n/a" if value is None else f"{value:.2f}"
-
+    lines += ["## Our results against the paper's claims", "",
+              (f"Gap = A − B in percentage points; the paper's gap is computed from its Tables I–IV. Ours: mean paired "
+               f"difference and its {INTERVAL_METHOD}; n = seeds. Verdicts:"), ""]
+    lines += [f"- **{name}**: {meaning}" for name, meaning in LEGEND.items()]
+    lines += ["", "| claim | dataset | paper gap | our A | our B | our gap | interval | n | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        lines.append(f"| {v.claim.text} | {v.dataset} | {v.claim.metric} | {v.claim.paper_gap:+.2f} | {fmt(v.ours_a)} | "
-                     f"{fmt(v.ours_b)} | {'n/a' if v.gap is None else f'{v.gap:+.2f}'} | {fmt(v.uncertainty)} | "
-                     f"{v.seeds} | {v.verdict} |")
-    counts = pd.Series([v.verdict.split(" (")[0] for v in verdicts]).value_counts().to_dict()
+        interval = "n/a" if v.low is None else f"[{v.low:+.2f}, {v.high:+.2f}]"
+        lines.append(f"| {v.claim.text} | {v.dataset} | {v.claim.paper_gap:+.2f} | {_fmt(v.ours_a)} | {_fmt(v.ours_b)} | "
+                     f"{_fmt(v.gap, sign=True)} | {interval} | {v.seeds} | {v.verdict} |")
+    counts = pd.Series([v.verdict.split(" (")[0] for v in verdicts], dtype=object).value_counts().to_dict()
     lines += ["", ("Comparisons with literature methods use their published value as B. On a synthetic twin they "
               "only show that the check runs: the literature numbers were measured on the real datasets.")]
     lines += ["", "Summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), ""]
+    lines += ["## The paper against itself", "",
+              ("Statements of the paper's §IV text that its own Tables I–IV contradict, found by checking every "
+               "number and comparison of the text (agnet/report/paper_text.yaml) against the tables "
+               "(agnet/report/paper_results.yaml). These are not about our results."), ""]
+    if findings:
+        lines += ["| where | the text | the text says | the tables give | cells | note |", "|---|---|---|---|---|---|"]
+        for f in findings:
+            lines.append(f"| {f.where} | “{f.quote}” | {f.text_value} | {f.table_value} | {f.cells} | {f.note} |")
+    else:
+        lines.append("No inconsistency: every checked statement agrees with the tables.")
+    lines.append("")
     write_text(out_md, "\n".join(lines))
-    records = [{**asdict(v), "claim": asdict(v.claim)} for v in verdicts]
-    write_text(out_json, json.dumps({"synthetic": synthetic, "claims": records}, indent=2) + "\n")
+    records = [{**asdict(v), "claim": {**asdict(v.claim), "paper_gap": v.claim.paper_gap}} for v in verdicts]
+    write_text(out_json, json.dumps({"synthetic": synthetic, "interval": INTERVAL_METHOD, "legend": LEGEND,
+                                     "claims": records, "paper_consistency": [asdict(f) for f in findings]},
+                                    indent=2) + "\n")

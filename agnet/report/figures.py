@@ -27,6 +27,7 @@ import pandas as pd
 
 from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.report.paper import single_row_descriptors
 
 VARIANT_LABELS = {"only_id": "Only-ID", "agnet_ce": "AGNet-CE", "agnet_asl": "AGNet-ASL"}
 DESCRIPTOR_ORDER = ("Attr", "ID", "All")
@@ -144,15 +145,19 @@ def panel_title(protocol: str) -> str:
 
 
 def cmc_curves(cmc: pd.DataFrame, dataset: str, protocol: str, max_rank: int = 50) -> list[Curve]:
-    """The curves of one panel: each variant × descriptor (Only-ID: its ``All`` descriptor only), in table
-    order (Only-ID, AGNet-CE-Attr/ID/All, AGNet-ASL-Attr/ID/All, then other variants), ranks 1..max_rank."""
+    """The curves of one panel: each variant × descriptor (a single-row variant such as Only-ID: the descriptor of
+    its table row only), in table order (Only-ID, AGNet-CE-Attr/ID/All, AGNet-ASL-Attr/ID/All, then other
+    variants), ranks 1..max_rank."""
     rows = cmc[(cmc["dataset"] == dataset) & (cmc["protocol"] == protocol) & (cmc["rank"] <= max_rank)]
+    single = single_row_descriptors()
     curves = []
     for variant in _variant_order(rows["variant"].unique()):
         of_variant = rows[rows["variant"] == variant]
         present = set(of_variant["descriptor"])
-        descriptors = ["All"] if variant == "only_id" else [d for d in DESCRIPTOR_ORDER if d in present]
-        descriptors += [] if variant == "only_id" else sorted(present - set(DESCRIPTOR_ORDER))
+        if variant in single:
+            descriptors = [single[variant]]
+        else:
+            descriptors = [d for d in DESCRIPTOR_ORDER if d in present] + sorted(present - set(DESCRIPTOR_ORDER))
         for descriptor in descriptors:
             part = of_variant[of_variant["descriptor"] == descriptor]
             if part.empty:

@@ -13,20 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from tabulate import tabulate
 
 from agnet.atomic import write_text
+from agnet.data.constants import twin_stand_ins
 from agnet.errors import AgnetError
+from agnet.report.paper import load_paper, parse_value
 
-PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 METRIC_KEYS = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
 SYNTHETIC_NOTE = "SYNTHETIC TWIN, not the real dataset: these numbers are not a reproduction of the paper"
-
-
-def load_paper(path: Path = PAPER_RESULTS) -> dict[str, Any]:
-    """The paper's Tables I–IV (values are strings exactly as printed)."""
-    return yaml.safe_load(path.read_text())
 
 
 @dataclass(frozen=True)
@@ -38,24 +33,21 @@ class Cell:
     bold: bool = False
 
 
-def parse_value(text: str) -> float | None:
-    """Numeric value of a printed entry, None for the paper's "-"."""
-    return None if text.strip() == "-" else float(text)
+def group_protocols(dataset_format: str, groups: list, available: list[str],
+                    stand_ins: dict[int, int] | None = None) -> list[str | None]:
+    """Our protocol for each column group of a paper table (``None``: not evaluated, shown as "n/a").
 
-
-def group_protocols(dataset_format: str, groups: list, available: list[str]) -> list[str | None]:
-    """Our protocol for each column group of a paper table.
-
-    VeRi tables have one group (``veri``). VehicleID groups are test sizes: ``vehicleid-<size>`` when
-    that list was evaluated; otherwise (synthetic twins, whose lists are smaller) the evaluated
-    lists are matched to the paper's sizes in increasing order.
+    VeRi tables have one group (``veri``). A VehicleID group is a test size: on the real data exactly
+    ``vehicleid-<size>``; on a synthetic twin the list that ``stand_ins`` (paper size -> twin list size,
+    :func:`agnet.data.constants.twin_stand_ins`) names for it. A column never shows another size's result.
     """
     if dataset_format == "veri":
         return ["veri"]
-    sizes = sorted(int(p.removeprefix("vehicleid-")) for p in available if p.startswith("vehicleid-"))
-    if all(f"vehicleid-{g}" in available for g in groups):
-        return [f"vehicleid-{g}" for g in groups]
-    return [f"vehicleid-{sizes[i]}" if i < len(sizes) else None for i in range(len(groups))]
+    protocols = []
+    for size in groups:
+        protocol = f"vehicleid-{stand_ins[size] if stand_ins else size}"
+        protocols.append(protocol if protocol in available else None)
+    return protocols
 
 
 def _ours(summary: pd.DataFrame, dataset: str, variant: str, descriptor: str, protocol: str | None,
@@ -71,10 +63,11 @@ def _ours(summary: pd.DataFrame, dataset: str, variant: str, descriptor: str, pr
     return 100 * float(row[f"{key}_mean"]), 100 * float(row[f"{key}_std"]), int(row["seeds"])
 
 
-def build_rows(table: dict, summary: pd.DataFrame, dataset: str) -> tuple[list[str], list[list[Cell]], list[int]]:
+def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict[int, int] | None = None
+               ) -> tuple[list[str], list[list[Cell]], list[int]]:
     """Row labels, cells and the indices after which a rule goes (literature | AGNet | ours)."""
     available = sorted(summary.loc[summary["dataset"] == dataset, "protocol"].unique())
-    protocols = group_protocols(table["dataset"], table["groups"], available)
+    protocols = group_protocols(table["dataset"], table["groups"], available, stand_ins)
     columns = table["columns"]
     labels, rows, rules = [], [], []
     printed = [[Cell(text, parse_value(text)) for text in row["values"]] for row in table["rows"]]
@@ -164,8 +157,10 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any]) -> str:
     parts.append(f"Ours: dataset '{context['dataset']}', mean ± std over {context['seeds']} seed(s)")
     if table["dataset"] == "vehicleid":
         parts.append(f"each the mean of {context['trials']} random gallery draws (one image per vehicle)")
-        if context["synthetic"]:
-            parts.append("the twin's four test lists stand in for the paper's test sizes, in increasing order")
+        if context.get("stand_ins"):
+            lists = ", ".join(f"{twin} for {paper}" for paper, twin in context["stand_ins"].items())
+            parts.append(f"the twin's test lists of N vehicles stand in for the paper's sizes ({lists}; "
+                         "each the same quarter of the test vehicles)")
     else:
         parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
     parts.append(f"distance: {context['distance']}; mAP: non-interpolated (open re-ID toolboxes)")
@@ -182,7 +177,7 @@ def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out
         context = datasets.get(table["dataset"])
         if context is None:
             raise AgnetError(f"{table_id} needs a {table['dataset']} dataset in the run")
-        labels, rows, rules = build_rows(table, summary, context["dataset"])
+        labels, rows, rules = build_rows(table, summary, context["dataset"], context.get("stand_ins"))
         caption = caption_for(table_id, table, context)
         number = table_id.removeprefix("table")
         for suffix, text in (("tex", to_latex(table, labels, rows, rules, caption, f"tab:agnet-{number}")),
@@ -200,8 +195,11 @@ def contexts_from_config(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     contexts: dict[str, dict[str, Any]] = {}
     for name in config["run"]:
         entry = config["datasets"][name]
+        synthetic = entry["source"]["kind"] == "synthetic"
         contexts.setdefault(entry["format"], {
-            "dataset": name, "synthetic": entry["source"]["kind"] == "synthetic", "seeds": len(config["seeds"]),
+            "dataset": name, "synthetic": synthetic, "seeds": len(config["seeds"]),
             "trials": evaluation["vehicleid_trials"], "distance": distance,
+            "stand_ins": twin_stand_ins(entry["source"]["vehicles"])
+            if synthetic and entry["format"] == "vehicleid" else None,
         })
     return contexts

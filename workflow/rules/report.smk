@@ -31,7 +31,7 @@ rule tables:
 
 rule claims:
     input:
-        summary="results/metrics/summary.csv",
+        runs="results/metrics/runs.csv",
     output:
         md=report(
             "results/claims.md", caption="../report/claims.rst", category="Claims"
@@ -44,7 +44,7 @@ rule claims:
     params:
         configs=config_args,
     shell:
-        "python -m agnet report claims {params.configs} --summary {input.summary}"
+        "python -m agnet report claims {params.configs} --runs {input.runs}"
         " --markdown {output.md} --json {output.json} > {log} 2>&1"
 
 

@@ -1,0 +1,203 @@
+"""Claims judged by direction and size on paired seeds; the paper's text checked against its own tables."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from agnet.report.claims import check, check_all, decide, paper_claims, write_claims
+from agnet.report.paper import (
+    CellRef,
+    cell,
+    checked_cells,
+    consistency_findings,
+    load_paper,
+    load_statements,
+    single_row_descriptors,
+)
+
+CONTEXTS = {
+    "veri": {"dataset": "veri-x", "synthetic": True, "seeds": 3, "trials": 10, "distance": "cosine",
+             "stand_ins": None},
+    "vehicleid": {"dataset": "vid-x", "synthetic": True, "seeds": 3, "trials": 10, "distance": "cosine",
+                  "stand_ins": {800: 3, 1600: 6, 2400: 9, 3200: 12}},
+}
+
+
+def runs(rows):
+    """Per-run table: (dataset, variant, descriptor, protocol, {seed: value}) with value in [0, 1]."""
+    records = []
+    for dataset, variant, descriptor, protocol, per_seed in rows:
+        for seed, value in per_seed.items():
+            records.append({"dataset": dataset, "variant": variant, "seed": seed, "descriptor": descriptor,
+                            "protocol": protocol, "mAP": value, "rank1": value, "rank5": value})
+    return pd.DataFrame(records)
+
+
+def claim(claim_id_prefix: str):
+    return next(c for c in paper_claims() if c.id.startswith(claim_id_prefix))
+
+
+# ---------------------------------------------------------------------------------------- claims
+
+
+def test_every_paper_gap_comes_from_the_tables():
+    paper = load_paper()
+    claims = paper_claims()
+    assert len(claims) > 40
+    for c in claims:
+        a = cell(paper, CellRef(c.table, c.a.row, c.group, c.metric))
+        b = cell(paper, CellRef(c.table, c.b.row, c.group, c.metric))
+        assert c.paper_gap == pytest.approx(a - b)
+    only_id = claim("asl-vs-only-id-veri/table3/mAP/Only-ID")
+    assert only_id.paper_gap == pytest.approx(66.32 - 57.82)
+    assert (only_id.b.variant, only_id.b.descriptor) == ("only_id", "ID")  # Only-ID's row is its ID descriptor
+    # "beats every method" is judged against the strongest published competitor of the cell
+    best = claim("veri-highest/table1/Rank1/")
+    assert (best.b.row, best.b.paper, best.b.variant) == ("VAMI+ST", 85.92, None)
+
+
+def test_a_changed_table_value_changes_the_claims_paper_gap():
+    paper = copy.deepcopy(load_paper())
+    row = next(r for r in paper["tables"]["table3"]["rows"] if r["method"] == "Only-ID")
+    row["values"][0] = "50.00"
+    moved = next(c for c in paper_claims(paper) if c.id.startswith("asl-vs-only-id-veri/"))
+    assert moved.paper_gap == pytest.approx(66.32 - 50.00)
+
+
+@pytest.mark.parametrize("low, high, verdict", [
+    (6.0, 11.0, "reproduced"),
+    (0.5, 2.0, "direction only (smaller than the paper's gap)"),
+    (12.0, 20.0, "direction only (larger than the paper's gap)"),
+    (-4.0, -1.0, "not reproduced (reversed)"),
+    (-1.0, 20.0, "inconclusive (interval holds both 0 and the paper's gap)"),
+    (-1.0, 2.0, "not reproduced (no gap detected; the paper's gap lies outside the interval)"),
+])
+def test_verdicts_judge_direction_and_size(low, high, verdict):
+    assert decide(8.5, low, high, seeds=3) == verdict
+
+
+def test_size_matters_a_small_positive_gap_is_direction_only():
+    c = claim("asl-vs-only-id-veri/")  # paper: +8.50 mAP
+    small = runs([("veri-x", "only_id", "ID", "veri", {0: 0.50, 1: 0.52, 2: 0.51}),
+                  ("veri-x", "agnet_asl", "All", "veri", {0: 0.505, 1: 0.526, 2: 0.516})])
+    v = check(c, small, "veri-x")
+    assert v.gap == pytest.approx(0.566, abs=1e-3) and v.low > 0 and v.verdict.startswith("direction only")
+    large = runs([("veri-x", "only_id", "ID", "veri", {0: 0.50, 1: 0.52, 2: 0.51}),
+                  ("veri-x", "agnet_asl", "All", "veri", {0: 0.585, 1: 0.60, 2: 0.60})])
+    assert check(c, large, "veri-x").verdict == "reproduced"
+
+
+def test_differences_are_paired_by_seed_with_a_t_interval():
+    c = claim("asl-vs-ce/table3/mAP/")
+    # Seeds vary a lot, the paired difference barely: unpaired stds would swamp a +1.5 gap, pairing does not.
+    a = {0: 0.40, 1: 0.60, 2: 0.50, 3: 0.70}
+    b = {s: v - 0.015 + 0.001 * s for s, v in a.items()}
+    v = check(c, runs([("veri-x", "agnet_asl", "All", "veri", a), ("veri-x", "agnet_ce", "All", "veri", b)]), "veri-x")
+    d = np.array([100 * (a[s] - b[s]) for s in a])
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert v.seeds == 4 and v.gap == pytest.approx(d.mean())
+    assert (v.low, v.high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    assert v.verdict == "reproduced"  # paper gap 66.32 - 64.78 = 1.54 inside [1.3, 1.5 + ...]
+    # A seed run by only one side is not paired (and not counted).
+    lonely = runs([("veri-x", "agnet_asl", "All", "veri", {**a, 9: 0.99}), ("veri-x", "agnet_ce", "All", "veri", b)])
+    assert check(c, lonely, "veri-x").seeds == 4
+
+
+def test_too_few_seeds_or_a_missing_result_is_inconclusive():
+    c = claim("asl-vs-ce/table3/mAP/")
+    one = runs([("veri-x", "agnet_asl", "All", "veri", {0: 0.6}), ("veri-x", "agnet_ce", "All", "veri", {0: 0.5})])
+    assert check(c, one, "veri-x").verdict == "inconclusive (fewer than 2 seeds: no interval)"
+    missing = runs([("veri-x", "agnet_asl", "All", "veri", {0: 0.6, 1: 0.6})])
+    assert check(c, missing, "veri-x").verdict == "inconclusive (result missing)"
+
+
+def test_literature_claims_compare_with_the_published_value():
+    c = claim("veri-vs-lomo/")
+    assert c.b.paper == 9.64 and c.b.variant is None and c.paper_gap == pytest.approx(56.68)
+    v = check(c, runs([("veri-x", "agnet_asl", "All", "veri", {0: 0.66, 1: 0.67, 2: 0.65})]), "veri-x")
+    assert v.ours_b == 9.64 and v.gap == pytest.approx(56.36) and v.verdict == "reproduced"
+
+
+def test_vehicleid_claims_use_the_twins_stated_stand_in():
+    c = claim("asl-vs-only-id-vehicleid/table4-1600/Rank1/")
+    rows = [("vid-x", "agnet_asl", "All", "vehicleid-6", {0: 0.70, 1: 0.71, 2: 0.72}),
+            ("vid-x", "only_id", "ID", "vehicleid-6", {0: 0.66, 1: 0.675, 2: 0.685}),
+            ("vid-x", "agnet_asl", "All", "vehicleid-9", {0: 0.10, 1: 0.10, 2: 0.10})]
+    v = check(c, runs(rows), "vid-x", CONTEXTS["vehicleid"]["stand_ins"])
+    assert v.ours_a == pytest.approx(71.0) and v.verdict == "reproduced"  # 3.33 ± … holds the paper's 3.36
+    assert check(c, runs(rows), "vid-x", {**CONTEXTS["vehicleid"]["stand_ins"], 1600: 50}).verdict == \
+        "inconclusive (result missing)"  # another list stands for 1600: no silent fallback
+
+
+# --------------------------------------------------------------------------------- the paper itself
+
+
+def test_the_papers_own_inconsistencies_are_found():
+    found = {(f.statement, f.text_value, f.table_value) for f in consistency_findings()}
+    assert ("asl-vs-only-id-vehicleid", "3.94", "3.59") in found  # 71.15 - 67.56
+    assert ("vid-vs-lomo", "68.34", "51.39") in found and ("vid-vs-dgd", "51.39", "26.35") in found
+    assert ("vid-method-count", "9", "11") in found
+    assert ("vid-beats-deep-methods", "AGNet-ASL > OIFE", "65.74 vs 67.00") in found
+    lomo = next(f for f in consistency_findings() if f.statement == "vid-vs-lomo")
+    assert "BOW-SIFT" in lomo.note  # the printed gain is the gap to the row above
+    # What the text gets right is not reported.
+    assert not {f.statement for f in consistency_findings()} & {"veri-vs-lomo", "all-vs-id-veri", "veri-headline",
+                                                                "asl-vs-only-id-veri", "table1-is-table3"}
+
+
+def test_a_finding_appears_and_vanishes_with_the_table_value():
+    paper = copy.deepcopy(load_paper())
+    only_id = next(r for r in paper["tables"]["table4"]["rows"] if r["method"] == "Only-ID")
+    only_id["values"][1] = "67.21"  # 800 Rank-1: now 71.15 - 67.21 = 3.94, as the text says
+    statements = load_statements()
+    assert "asl-vs-only-id-vehicleid" not in {f.statement for f in consistency_findings(paper, statements)}
+    asl = next(r for r in paper["tables"]["table3"]["rows"] if r["method"] == "AGNet-ASL-ID")
+    asl["values"][0] = "62.00"  # the text's "3.71" over AGNet-ASL-ID no longer holds
+    found = [f for f in consistency_findings(paper, statements) if f.statement == "all-vs-id-veri"]
+    assert [(f.text_value, f.table_value) for f in found] == [("3.71", "4.32")]
+
+
+def test_every_statement_names_existing_cells():
+    paper = load_paper()
+    for statement in load_statements():
+        if statement["kind"] == "count":
+            continue
+        rows = [statement["a"]] + ([statement["b"]] if isinstance(statement.get("b"), str) else statement.get("b", []))
+        for table, group, column in checked_cells(paper, statement):
+            for row in rows:
+                target = statement.get("other_table", table) if row == statement.get("b") else table
+                cell(paper, CellRef(target, row, group, column))  # raises on a typo
+
+
+def test_only_id_is_one_row_with_one_descriptor():
+    assert single_row_descriptors() == {"only_id": "ID"}
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def test_claims_report_shows_intervals_n_verdicts_legend_and_findings(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant in ("only_id", "agnet_ce", "agnet_asl"):
+        for descriptor in ("Attr", "ID", "All"):
+            for protocol in ("veri", "veri-str", "vehicleid-3", "vehicleid-6", "vehicleid-9", "vehicleid-12"):
+                dataset = "veri-x" if protocol.startswith("veri") else "vid-x"
+                rows.append((dataset, variant, descriptor, protocol, {s: rng.uniform(0.4, 0.6) for s in range(3)}))
+    verdicts = check_all(runs(rows), CONTEXTS)
+    assert len(verdicts) == len(paper_claims())
+    write_claims(verdicts, CONTEXTS, tmp_path / "claims.md", tmp_path / "claims.json")
+    text = (tmp_path / "claims.md").read_text()
+    assert "Synthetic twins, not the real datasets" in text and "Student-t interval" in text
+    assert "- **direction only**:" in text and "## The paper against itself" in text
+    assert "| §IV.D, fourth paragraph | “For VehicleID, it has 3.94%" in text
+    record = json.loads((tmp_path / "claims.json").read_text())
+    assert len(record["claims"]) == len(verdicts) and record["claims"][0]["seeds"] == 3
+    assert {"low", "high", "gap", "verdict"} <= set(record["claims"][0])
+    assert any(f["text_value"] == "3.94" for f in record["paper_consistency"])
