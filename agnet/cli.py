@@ -3,10 +3,10 @@
     agnet data synth {veri,vehicleid} OUT_DIR [--vehicles N] [--cameras C] [--seed S]
     agnet data fetch {veri,vehicleid} (--url URL | --archive FILE | --directory DIR) --dest DIR -o dataset.json
     agnet data verify {veri,vehicleid} ROOT [--strict] [-o REPORT.json]     (exit 0 = valid, 1 = invalid)
-    agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}]
+    agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}] [--holdout-vehicles N]
     agnet data grid {veri,vehicleid} ROOT -o GRID.png
     agnet train --config CONFIG [--config MORE] --manifest MANIFEST.parquet --variant VARIANT --seed S --out RUN_DIR [--resume]
-    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt [--with-train]
+    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt
     agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet --descriptor D --protocol P -o METRICS.json
     agnet aggregate METRICS.json ... --out DIR
     agnet weights fetch BACKBONE --cache DIR
@@ -73,7 +73,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from agnet.data.manifest import make_manifest
 
-    frame = make_manifest(args.format, args.root, args.output, train_vehicles=args.train_vehicles)
+    frame = make_manifest(args.format, args.root, args.output, train_vehicles=args.train_vehicles,
+                          holdout_vehicles=args.holdout_vehicles, holdout_seed=args.holdout_seed)
     counts = frame["split"].value_counts().to_dict()
     print(f"wrote {args.output}: {len(frame)} rows " + json.dumps(counts))
     return 0
@@ -132,7 +133,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     provenance = extract(args.model, args.manifest, args.out, evaluation["alpha"],
-                         train_images=evaluation["str"]["tune_images"] if args.with_train else 0,
                          batch_size=evaluation["batch_size"], workers=evaluation["workers"], device=args.device,
                          progress=not args.no_progress)
     print(f"wrote {args.out} ({provenance['variant']} seed {provenance['seed']}, {provenance['device']})")
@@ -147,7 +147,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     evaluation = _eval_config(args.config)
     settings = EvalSettings(distance=evaluation["distance"], max_rank=evaluation["max_rank"],
                             trials=evaluation["vehicleid_trials"], trial_seed=evaluation["trial_seed"],
-                            str_lambdas=tuple(evaluation["str"]["lambdas"]))
+                            str_lambdas=tuple(evaluation["str"]["lambdas"]),
+                            str_same_camera=evaluation["str"]["same_camera"])
     frame, meta = read_manifest(args.manifest)
     record = run_protocol(load_features(args.features), frame, meta, args.descriptor, args.protocol, settings)
     from agnet.atomic import write_text
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("-o", "--output", type=Path, required=True)
     manifest.add_argument("--train-vehicles", choices=("attribute-labelled", "all"), default="attribute-labelled",
                           help="training vehicles kept (default: those with colour and type labels, as the paper)")
+    manifest.add_argument("--holdout-vehicles", type=int, default=0, metavar="N",
+                          help="hold N training vehicles out of training (split 'val') to tune re-ranking on")
+    manifest.add_argument("--holdout-seed", type=int, default=0, metavar="S", help="seed of the held-out draw")
     manifest.set_defaults(func=_cmd_manifest)
 
     grid = data_cmds.add_parser("grid", help="save a picture grid of sample images (rows: vehicles)")
@@ -299,8 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
     extract.add_argument("--out", type=Path, required=True)
-    extract.add_argument("--with-train", action="store_true",
-                         help="also training images (evaluation.str.tune_images of them) for tuning re-ranking")
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     extract.add_argument("--threads", type=int)
     extract.add_argument("--no-progress", action="store_true")

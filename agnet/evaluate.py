@@ -11,7 +11,13 @@ Spatio-temporal re-ranking (after PROVID/FACT; the published formula is only par
 see ``docs/paper-mapping.md``): ``d = minmax_q(d_vis) + λ · (|t_q − t_g| / T_max) · (δ(c_q, c_g) / D_max)``,
 where minmax_q rescales each query's visual distances to [0, 1], δ is the symmetric camera
 distance, T_max and D_max the largest time gap and camera distance between query and gallery.
-λ is chosen on training images only (a pseudo query/gallery split of the training split).
+δ(c, c) of the query's own camera is, by default, c's distance to its nearest other camera
+(``same_camera="nearest"``): with camera_Dist.txt's zero diagonal (``"zero"``) a same-camera gallery image —
+under VeRi's junk rule always a *different* vehicle — is never penalised while every true match is.
+λ is tuned by mAP on the manifest's ``val`` split — training vehicles held out of training — with a
+VeRi-like pseudo query/gallery split of them: never on an image the network trained on, never on a test
+label. The grid is doubled upwards while its best value is its largest, and the record says when the
+choice still sits at an edge of what was searched.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class EvalSettings:
     trials: int = 10
     trial_seed: int = 0
     str_lambdas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    str_same_camera: str = "nearest"
+    str_max_doublings: int = 8  # the grid grows to at most 2^8 times its largest value
 
 
 def _features_for(features: dict[str, Any], descriptor: str, paths: pd.Series) -> torch.Tensor:
@@ -62,6 +70,19 @@ def _summary(result, max_rank: int) -> dict[str, Any]:
     return record
 
 
+def camera_distance(camera_dist, same_camera: str = "nearest") -> np.ndarray:
+    """The symmetric camera-distance matrix used by STR; its diagonal per ``same_camera`` (module docstring)."""
+    dist = np.asarray(camera_dist, dtype=np.float64).copy()
+    if same_camera == "nearest":
+        off = np.where(np.eye(len(dist), dtype=bool), np.inf, dist)
+        off[off <= 0] = np.inf
+        nearest = off.min(axis=1)
+        np.fill_diagonal(dist, np.where(np.isfinite(nearest), nearest, 0.0))
+    elif same_camera != "zero":
+        raise AgnetError(f"evaluation.str.same_camera must be 'nearest' or 'zero', got {same_camera!r}")
+    return dist
+
+
 def spatio_temporal(q_times, g_times, q_cams, g_cams, camera_dist: np.ndarray) -> np.ndarray:
     """ST(q, g) = (|t_q − t_g| / T_max) · (δ(c_q, c_g) / D_max) in [0, 1]; (Q, G) float32."""
     gap = np.abs(np.asarray(q_times, dtype=np.float64)[:, None] - np.asarray(g_times, dtype=np.float64)[None, :])
@@ -84,28 +105,53 @@ def _veri_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return query, gallery
 
 
-def pseudo_split(train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A VeRi-like split of training images for tuning: the first image of each (vehicle, camera) is a query."""
-    queries = train.sort_values("list_index").groupby(["vehicle_id", "camera_id"], sort=True).head(1)
-    return queries, train
+def pseudo_split(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A VeRi-like split of tuning images: the first image of each (vehicle, camera) is a query, all are gallery
+    (the query's own copy is then junk, as in VeRi)."""
+    queries = images.sort_values("list_index").groupby(["vehicle_id", "camera_id"], sort=True).head(1)
+    return queries, images
 
 
-def tune_lambda(features, train: pd.DataFrame, descriptor: str, camera_dist, settings: EvalSettings) -> dict:
-    """Pick λ from ``settings.str_lambdas`` by mAP on the training pseudo split; returns the grid."""
-    query, gallery = pseudo_split(train)
+def tune_lambda(features, frame: pd.DataFrame, descriptor: str, camera_dist, settings: EvalSettings) -> dict:
+    """Choose λ by mAP on the held-out vehicles (``split == "val"``) only; returns the choice and its evidence.
+
+    A single configured value is used as given. The grid is extended by doubling its largest value while that
+    value is the best (at most ``settings.str_max_doublings`` times); ``at_edge`` reports a choice that is still
+    the largest searched (``"upper"``) or λ = 0 (``"lower"``: re-ranking does not help on the held-out vehicles).
+    """
+    lambdas = sorted({float(v) for v in settings.str_lambdas})
+    if len(lambdas) == 1:
+        return {"lambda": lambdas[0], "tuned_on": "fixed (evaluation.str.lambdas holds one value)", "at_edge": None,
+                "same_camera": settings.str_same_camera}
+    held_out = frame[frame["split"] == "val"]
+    if held_out.empty:
+        raise AgnetError("veri-str tunes λ on training vehicles held out of training, and this manifest has none: "
+                         "set datasets.<name>.holdout_vehicles (agnet data manifest --holdout-vehicles N), or give "
+                         "one fixed value in evaluation.str.lambdas")
+    query, gallery = pseudo_split(held_out)
     visual = pairwise_distance(_features_for(features, descriptor, query["path"]),
                                _features_for(features, descriptor, gallery["path"]), metric=settings.distance)
     st = spatio_temporal(query["timestamp"], gallery["timestamp"], query["camera_id"], gallery["camera_id"],
                          camera_dist)
-    grid = {}
-    for lam in settings.str_lambdas:
-        result = evaluate(fuse(visual, st, lam).numpy(), query["vehicle_id"].to_numpy(),
-                          gallery["vehicle_id"].to_numpy(), query["camera_id"].to_numpy(),
-                          gallery["camera_id"].to_numpy(), max_rank=settings.max_rank)
-        grid[lam] = float(result.mAP)
+    q_ids, g_ids = query["vehicle_id"].to_numpy(), gallery["vehicle_id"].to_numpy()
+    q_cams, g_cams = query["camera_id"].to_numpy(), gallery["camera_id"].to_numpy()
+
+    def score(lam: float) -> float:
+        return float(evaluate(fuse(visual, st, lam).numpy(), q_ids, g_ids, q_cams, g_cams,
+                              max_rank=settings.max_rank).mAP)
+
+    grid = {lam: score(lam) for lam in lambdas}
+    doublings = 0
+    while max(grid, key=lambda lam: (grid[lam], -lam)) == max(grid) and max(grid) > 0 \
+            and doublings < settings.str_max_doublings:
+        grid[2 * max(grid)] = score(2 * max(grid))
+        doublings += 1
     best = max(grid, key=lambda lam: (grid[lam], -lam))  # ties: the smaller λ
-    return {"lambda": best, "grid_mAP": {str(k): v for k, v in grid.items()}, "tuned_on": "train",
-            "tune_queries": len(query), "tune_gallery": len(gallery)}
+    edge = "upper" if best == max(grid) else ("lower" if best == min(grid) else None)
+    return {"lambda": best, "grid_mAP": {str(k): v for k, v in sorted(grid.items())}, "at_edge": edge,
+            "tuned_on": "held-out training vehicles (manifest split 'val'; never trained on, no test labels)",
+            "tune_vehicles": int(held_out["vehicle_id"].nunique()), "tune_queries": len(query),
+            "tune_gallery": len(gallery), "grid_extensions": doublings, "same_camera": settings.str_same_camera}
 
 
 def evaluate_veri(features, frame: pd.DataFrame, meta: dict, descriptor: str, settings: EvalSettings,
@@ -119,11 +165,8 @@ def evaluate_veri(features, frame: pd.DataFrame, meta: dict, descriptor: str, se
     if use_str:
         if meta.get("camera_dist") is None:
             raise AgnetError("spatio-temporal re-ranking needs camera_Dist.txt, which this dataset lacks")
-        train = frame[(frame["split"] == "train") & frame["path"].isin(set(features["paths"]))]
-        if train.empty:
-            raise AgnetError("spatio-temporal re-ranking tunes λ on training features; extract them too")
-        camera_dist = np.asarray(meta["camera_dist"])
-        record["str"] = tune_lambda(features, train, descriptor, camera_dist, settings)
+        camera_dist = camera_distance(meta["camera_dist"], settings.str_same_camera)
+        record["str"] = tune_lambda(features, frame, descriptor, camera_dist, settings)
         st = spatio_temporal(query["timestamp"], gallery["timestamp"], query["camera_id"], gallery["camera_id"],
                              camera_dist)
         distmat = fuse(visual, st, record["str"]["lambda"])

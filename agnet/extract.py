@@ -62,21 +62,15 @@ class _Images(torch.utils.data.Dataset):
         return to_tensor(load_resized(self.paths[index], self.input_size), flip=False)
 
 
-def evaluation_paths(frame, train_images: int = 0) -> list[str]:
-    """Unique image paths of the evaluation splits (everything but ``train``), in manifest order, plus
-    up to ``train_images`` training images (whole vehicles, by ascending id) for tuning re-ranking."""
-    paths = list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
-    if train_images > 0:
-        train = frame[frame["split"] == "train"]
-        counts = train.groupby("vehicle_id").size().sort_index().cumsum()
-        keep = counts.index[counts <= train_images]
-        paths += list(train.loc[train["vehicle_id"].isin(keep), "path"])
-    return paths
+def evaluation_paths(frame) -> list[str]:
+    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
+    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on)."""
+    return list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
 
 
 @torch.no_grad()
 def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | Path, alpha: float, *,
-            train_images: int = 0, batch_size: int = 128, workers: int = 2,
+            batch_size: int = 128, workers: int = 2,
             device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Write ``features.pt`` for the evaluation images of ``manifest_path``; returns the provenance."""
     if not 0.0 <= alpha <= 1.0:
@@ -84,7 +78,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, settings, record = load_trained(model_path)
     frame, meta = read_manifest(manifest_path)
-    relative = evaluation_paths(frame, train_images)
+    relative = evaluation_paths(frame)
     if not relative:
         raise AgnetError(f"{manifest_path}: no evaluation images")
     root = Path(meta["root"])

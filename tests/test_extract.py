@@ -47,16 +47,15 @@ def test_descriptors_of_every_evaluation_image(trained):
     assert provenance["variant"] == "agnet_asl" and provenance["alpha"] == 0.25 and len(provenance["model_sha256"]) == 64
 
 
-def test_training_subset_is_whole_vehicles(trained):
-    out = trained / "with-train.pt"
-    extract(trained / "run" / "model.pt", trained / "m.parquet", out, alpha=0.5, train_images=30, workers=0,
-            progress=False)
-    frame, _ = read_manifest(trained / "m.parquet")
-    train_paths = set(frame.loc[frame["split"] == "train", "path"])
-    chosen = [p for p in load_features(out)["paths"] if p in train_paths]
-    assert 0 < len(chosen) <= 30
-    vehicles = set(frame.loc[frame["path"].isin(chosen), "vehicle_id"])
-    assert len(frame[(frame["split"] == "train") & frame["vehicle_id"].isin(vehicles)]) == len(chosen)
+def test_held_out_vehicles_are_extracted_training_images_are_not(trained, tmp_path):
+    make_manifest("veri", read_manifest(trained / "m.parquet")[1]["root"], tmp_path / "val.parquet",
+                  holdout_vehicles=2)
+    out = tmp_path / "with-val.pt"
+    extract(trained / "run" / "model.pt", tmp_path / "val.parquet", out, alpha=0.5, workers=0, progress=False)
+    frame, _ = read_manifest(tmp_path / "val.parquet")
+    paths = set(load_features(out)["paths"])
+    assert set(frame.loc[frame["split"] == "val", "path"]) <= paths
+    assert not set(frame.loc[frame["split"] == "train", "path"]) & paths
 
 
 def test_model_loading_is_strict(trained, tmp_path):

@@ -20,11 +20,12 @@ TINY = """run: [tiny-veri, tiny-vehicleid]
 seeds: [0]
 train_variants: [agnet_asl]
 training: {epochs: 1, batch_size: 8}
-evaluation: {descriptors: [All], str: {enabled: true, lambdas: [0.0, 0.5], tune_images: 40}}
+evaluation: {descriptors: [All], str: {enabled: true, lambdas: [0.0, 0.5]}}
 datasets:
   tiny-veri:
     format: veri
     source: {kind: synthetic, vehicles: 8, cameras: 3, seed: 1}
+    holdout_vehicles: 2
   tiny-vehicleid:
     format: vehicleid
     source: {kind: synthetic, vehicles: 16, cameras: 3, seed: 1}

@@ -6,10 +6,12 @@ Columns (one row per image and split; a VeRi query image also has its own ``gall
 column         dtype     meaning
 =============  ========  ==========================================================================
 path           string    image path relative to the dataset root (``metadata["root"]``), POSIX
-split          string    VeRi: ``train``/``query``/``gallery``; VehicleID: ``train``/``test``
+split          string    VeRi: ``train``/``query``/``gallery``; VehicleID: ``train``/``test``; ``val``: training
+                         vehicles held out of training (``holdout_vehicles``) to tune STR's weight λ
 list_index     int32     0-based position in the split's list file (VeRi gt/jk indices refer to it)
 vehicle_id     int32     the dataset's own vehicle number (VeRi 1..776, VehicleID 0..27957)
 class_id       Int32     0-based identity class for training (train rows, by ascending vehicle_id); NA elsewhere
+                         (``val`` rows too: a held-out vehicle is never a training class)
 camera_id      Int16     0-based camera (VeRi ``c001`` -> 0); NA for VehicleID
 color_id       Int16     0-based colour class; NA where unlabelled (VehicleID is sparse)
 type_id        Int16     0-based type class (VeRi typeID-1; VehicleID model id); NA where unlabelled
@@ -18,7 +20,7 @@ in_test_<N>    bool      VehicleID only: image is in ``test_list_<N>.txt`` (one 
 =============  ========  ==========================================================================
 
 The Parquet schema metadata key ``agnet`` holds JSON: format, root, class names, the symmetric
-camera distance matrix (VeRi), the training-vehicle filter and the reader's notes.
+camera distance matrix (VeRi), the training-vehicle filter, the held-out vehicles and the reader's notes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,12 +76,15 @@ def _rows(dataset: Dataset) -> list[dict[str, Any]]:
     return rows
 
 
-def build_manifest(dataset: Dataset, train_vehicles: str = "attribute-labelled") -> tuple[pd.DataFrame, dict]:
+def build_manifest(dataset: Dataset, train_vehicles: str = "attribute-labelled", holdout_vehicles: int = 0,
+                   holdout_seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Build the manifest table and its metadata.
 
     ``train_vehicles="attribute-labelled"`` (the paper's setting) keeps only training vehicles that have
     both a colour and a type label; ``"all"`` keeps every training vehicle with missing labels as NA.
-    Test rows are never filtered (evaluation protocols fix them).
+    Test rows are never filtered (evaluation protocols fix them). ``holdout_vehicles`` training vehicles
+    (a seeded uniform draw among those kept) become split ``val``: never trained on, they are where
+    spatio-temporal re-ranking tunes λ without touching the test labels.
     """
     if train_vehicles not in TRAIN_FILTERS:
         raise AgnetError(f"train_vehicles must be one of {', '.join(TRAIN_FILTERS)}, got {train_vehicles!r}")
@@ -97,6 +103,10 @@ def build_manifest(dataset: Dataset, train_vehicles: str = "attribute-labelled")
         train = frame["split"] == "train"
     if not train.any():
         raise DatasetFormatError(dataset.root, f"no training images left after the '{train_vehicles}' filter")
+    held_out = _holdout(frame.loc[train, "vehicle_id"], holdout_vehicles, holdout_seed)
+    if held_out:
+        frame.loc[train & frame["vehicle_id"].isin(held_out), "split"] = "val"
+        train = frame["split"] == "train"
     classes = {vid: index for index, vid in enumerate(sorted(frame.loc[train, "vehicle_id"].unique()))}
     frame.loc[train, "class_id"] = frame.loc[train, "vehicle_id"].map(classes).astype("Int32")
 
@@ -108,12 +118,24 @@ def build_manifest(dataset: Dataset, train_vehicles: str = "attribute-labelled")
         "camera_dist": getattr(dataset, "camera_dist", None),
         "train_vehicles": train_vehicles,
         "train_vehicles_dropped": dropped,
+        "holdout": {"vehicles": len(held_out), "seed": holdout_seed, "vehicle_ids": held_out},
         "num_classes": len(classes),
         "notes": list(dataset.notes),
     }
     if metadata["camera_dist"] is not None:
         metadata["camera_dist"] = metadata["camera_dist"].tolist()
     return frame, metadata
+
+
+def _holdout(train_ids: pd.Series, count: int, seed: int) -> list[int]:
+    """``count`` of the training vehicles, drawn uniformly with ``seed`` (sorted ids)."""
+    vehicles = np.sort(train_ids.unique())
+    if count < 0:
+        raise AgnetError(f"holdout_vehicles must be >= 0, got {count}")
+    if count >= len(vehicles):
+        raise AgnetError(f"holdout_vehicles={count} would leave no training vehicle (the split has {len(vehicles)})")
+    chosen = np.random.default_rng([int(seed), 0x484F4C44]).choice(vehicles, size=count, replace=False)
+    return sorted(int(v) for v in chosen)
 
 
 def write_manifest(frame: pd.DataFrame, metadata: dict, path: str | Path) -> None:
@@ -138,8 +160,9 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), json.loads(raw)
 
 
-def make_manifest(fmt: str, root: str | Path, output: str | Path, train_vehicles: str = "attribute-labelled") -> pd.DataFrame:
+def make_manifest(fmt: str, root: str | Path, output: str | Path, train_vehicles: str = "attribute-labelled",
+                  holdout_vehicles: int = 0, holdout_seed: int = 0) -> pd.DataFrame:
     """Read a dataset, build its manifest and write it to ``output``; returns the table."""
-    frame, metadata = build_manifest(read_dataset(fmt, root), train_vehicles)
+    frame, metadata = build_manifest(read_dataset(fmt, root), train_vehicles, holdout_vehicles, holdout_seed)
     write_manifest(frame, metadata, output)
     return frame

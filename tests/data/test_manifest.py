@@ -59,3 +59,27 @@ def test_reading_a_non_manifest_names_the_file(tmp_path):
     bogus.write_text("not parquet")
     with pytest.raises(Exception, match="x.parquet: not a readable Parquet manifest"):
         read_manifest(bogus)
+
+
+def test_held_out_vehicles_leave_training_and_are_seeded(tmp_path):
+    from agnet.data.synth.veri import synth_veri
+
+    root = synth_veri(tmp_path / "VeRi", vehicles=24, cameras=3, seed=0, workers=1)
+    full = make_manifest("veri", root, tmp_path / "full.parquet")
+    frame = make_manifest("veri", root, tmp_path / "m.parquet", holdout_vehicles=4, holdout_seed=7)
+    _, meta = read_manifest(tmp_path / "m.parquet")
+    val, train = frame[frame["split"] == "val"], frame[frame["split"] == "train"]
+    held = sorted(val["vehicle_id"].unique())
+    assert len(held) == 4 and meta["holdout"] == {"vehicles": 4, "seed": 7, "vehicle_ids": held}
+    assert not set(held) & set(train["vehicle_id"])  # never a training image
+    assert val["class_id"].isna().all()
+    assert sorted(train["class_id"].unique()) == list(range(train["vehicle_id"].nunique()))  # contiguous classes
+    assert len(val) + len(train) == int((full["split"] == "train").sum())
+    assert (frame[~frame["split"].isin(["train", "val"])]["path"].tolist()
+            == full[full["split"] != "train"]["path"].tolist())  # test side untouched
+    again = make_manifest("veri", root, tmp_path / "again.parquet", holdout_vehicles=4, holdout_seed=7)
+    assert sorted(again.loc[again["split"] == "val", "vehicle_id"].unique()) == held
+    other = make_manifest("veri", root, tmp_path / "other.parquet", holdout_vehicles=4, holdout_seed=8)
+    assert sorted(other.loc[other["split"] == "val", "vehicle_id"].unique()) != held
+    with pytest.raises(Exception, match="would leave no training vehicle"):
+        make_manifest("veri", root, tmp_path / "x.parquet", holdout_vehicles=10_000)

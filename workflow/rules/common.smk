@@ -95,11 +95,6 @@ def protocols(ds):
     return [f"vehicleid-{size}" for size in sizes]
 
 
-def extract_flags(wildcards):
-    """Training images are extracted too where STR tunes its weight on them."""
-    return "--with-train" if "veri-str" in protocols(wildcards.ds) else ""
-
-
 def metrics_targets():
     """Every metrics file: dataset x variant x seed x descriptor x protocol."""
     return [

@@ -90,6 +90,9 @@ rule manifest:
     params:
         fmt=lambda wc: dataset(wc)["format"],
         train_vehicles=lambda wc: dataset(wc)["train_vehicles"],
+        holdout=lambda wc: dataset(wc)["holdout_vehicles"],
+        holdout_seed=lambda wc: dataset(wc)["holdout_seed"],
     shell:
         "python -m agnet data manifest {params.fmt} {input.locator} -o {output.manifest}"
-        " --train-vehicles {params.train_vehicles} > {log} 2>&1"
+        " --train-vehicles {params.train_vehicles} --holdout-vehicles {params.holdout}"
+        " --holdout-seed {params.holdout_seed} > {log} 2>&1"

@@ -28,10 +28,9 @@ rule extract:
         gpu=1,
     params:
         configs=config_args,
-        flags=extract_flags,
     shell:
         "python -m agnet extract {params.configs} --model {input.model} --manifest {input.manifest}"
-        " --out {output.features} {params.flags} --threads {threads} --no-progress > {log} 2>&1"
+        " --out {output.features} --threads {threads} --no-progress > {log} 2>&1"
 
 
 rule evaluate:
