@@ -38,6 +38,7 @@ class Behaviour:
     ignore_range: bool = False  # always answer 200 with the whole file
     fail_status: int | None = None  # answer with this status ...
     fail_times: int = 0  # ... this many times (then behave)
+    no_length: bool = False  # send no Content-Length: the body ends when the connection closes (HTTP/1.0)
     requests: list[dict] = field(default_factory=list)  # path and Range header of every request
 
 
@@ -73,12 +74,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not b.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if b.truncate_first is not None:
             cut, b.truncate_first = b.truncate_first, None
             self.wfile.write(body[:cut])
-            self.close_connection = True  # declared length is larger: client sees an early close
+            self.close_connection = True  # declared length is larger (or none declared): an early close
             return
         self.wfile.write(body)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import lzma
 import os
@@ -120,6 +121,13 @@ def download(
     mismatch it is deleted (so the next run starts clean) and :class:`FetchError` is raised.
     Only a verified file is renamed onto ``dest`` (``os.replace``).
 
+    A server that sends no ``Content-Length`` gives no way to tell a finished transfer from one
+    cut short, so the end is confirmed with one more ``Range`` request from the last byte held
+    (416: complete; 206: more follows and is appended). A server that answers that with the
+    whole file again cannot confirm anything: without ``sha256`` the file is accepted only if it
+    is a zip/tar archive that reads to its end, else the ``.part`` is deleted and
+    :class:`FetchError` asks for the checksum. A truncated file is never given its final name.
+
     If ``dest`` already exists and matches ``sha256`` (or no checksum is given) nothing is
     requested: re-running is cheap.
     """
@@ -135,7 +143,9 @@ def download(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _transfer_with_retries(url, part, retries=retries, timeout=timeout, backoff=backoff, progress=progress)
+    confirmed = _transfer_with_retries(url, part, retries=retries, timeout=timeout, backoff=backoff, progress=progress)
+    if not confirmed and expected is None:
+        _check_unconfirmed(url, part, dest)
     _verify_part(part, dest, expected)
     os.replace(part, dest)
     return dest
@@ -150,12 +160,16 @@ def _check_url(url: str) -> None:
 
 def _transfer_with_retries(
     url: str, part: Path, *, retries: int, timeout: float, backoff: float, progress: bool
-) -> None:
-    """Run :func:`_transfer_once` until the ``.part`` is complete or the retries are spent."""
+) -> bool:
+    """Run :func:`_transfer_once` until the ``.part`` is complete or the retries are spent.
+
+    Returns True when the server confirmed the size, False when it cannot tell (no length, no ranges).
+    """
     for attempt in range(retries + 1):
         try:
-            _transfer_once(url, part, timeout=timeout, progress=progress)
-            return
+            if _transfer_once(url, part, timeout=timeout, progress=progress):
+                return True
+            return _probe_end(url, part, timeout)
         except _TransientError as exc:
             if attempt == retries:
                 raise FetchError(
@@ -168,15 +182,16 @@ def _transfer_with_retries(
             raise FetchError(f"cannot write {part} while downloading {url}: {exc}") from exc
 
 
-def _transfer_once(url: str, part: Path, *, timeout: float, progress: bool) -> None:
+def _transfer_once(url: str, part: Path, *, timeout: float, progress: bool) -> bool:
     """Make one request and append to (or rewrite) the ``.part``.
 
-    Returns when the ``.part`` holds the whole file; raises :class:`_TransientError` when the
+    Returns True when the ``.part`` holds the whole file as the server declared it, False when the
+    body ended without the server having declared a size; raises :class:`_TransientError` when the
     transfer was cut short or the server's answer calls for another attempt.
     """
     reply = _request(url, part, timeout)
     if reply.response is None:  # 416 on a complete .part
-        return
+        return True
     start = part.stat().st_size if reply.append and part.exists() else 0
     with reply.response as response, open(part, "ab" if reply.append else "wb") as fh, tqdm(
         total=reply.total,
@@ -194,6 +209,67 @@ def _transfer_once(url: str, part: Path, *, timeout: float, progress: bool) -> N
         raise _TransientError(
             f"connection closed early: have {start + received} of {reply.total} bytes"
         )
+    return reply.total is not None
+
+
+def _probe_end(url: str, part: Path, timeout: float) -> bool:
+    """After a body of undeclared length: ask for the bytes after the ``.part`` to learn whether it is whole.
+
+    True: the server answered 416 (nothing follows). False: it ignored the range (cannot tell).
+    Raises :class:`_TransientError` when more bytes follow, so the retry loop resumes the transfer.
+    """
+    held = part.stat().st_size if part.exists() else 0
+    if held == 0:
+        return False
+    reply = _request(url, part, timeout)
+    if reply.response is None:
+        return True
+    reply.response.close()
+    if reply.append:
+        raise _TransientError(f"the transfer stopped after {held} bytes but the server has more")
+    return False
+
+
+def _check_unconfirmed(url: str, part: Path, dest: Path) -> None:
+    """Accept a download of unknown size only if it is an archive that reads to its end; else delete it."""
+    held = part.stat().st_size
+    why = (f"download of {url} ended after {held} bytes, but the server sent no Content-Length and ignores "
+           "Range requests, so the file cannot be known to be complete")
+    advice = ("it was deleted; run the fetch again with the archive's sha256 (--sha256, or "
+              "datasets.<name>.source.sha256 in the config) so that a complete download can be recognised")
+    try:
+        kind = _archive_kind(dest)
+    except FetchError:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{why}; {advice}") from None
+    problem = _archive_problem(part, kind)
+    if problem is not None:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{why}, and as an archive it is cut short or corrupt ({problem}); {advice}")
+    log.warning("%s: the server declared no size; accepted because the archive reads to its end", url)
+
+
+def _archive_problem(path: Path, kind: str) -> str | None:
+    """None if the archive at ``path`` reads completely (every member's data), else why not."""
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            return None if bad is None else f"member {bad!r} fails its CRC"
+        with tarfile.open(path, kind) as tf:
+            for member in tf:
+                if member.isfile():
+                    with tf.extractfile(member) as fh:
+                        while fh.read(_CHUNK):
+                            pass
+        if kind == "r:":  # plain tar: a cut at a member boundary only shows as missing end-of-archive blocks
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 1024))
+                if fh.read(1024) != bytes(1024):
+                    return "no end-of-archive blocks"
+    except (*_CORRUPT_ERRORS, RuntimeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _request(url: str, part: Path, timeout: float) -> _Reply:
@@ -300,7 +376,7 @@ def _reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def extract_archive(archive: Path, target: Path) -> Path:
+def extract_archive(archive: Path, target: Path, sha256: str | None = None) -> Path:
     """Extract a zip or tar archive into the directory ``target`` and return ``target``.
 
     Supported suffixes: see :data:`SUPPORTED_ARCHIVE_SUFFIXES`. Every member is checked before
@@ -308,32 +384,95 @@ def extract_archive(archive: Path, target: Path) -> Path:
     and fifos, and zip symlink entries are refused with a :class:`FetchError` naming the
     archive and the member. Extraction goes into a temporary directory beside ``target`` that
     is renamed into place once complete (with the marker file :data:`EXTRACTED_MARKER` inside),
-    so ``target`` is either complete or absent. A ``target`` that already holds the marker is
-    returned at once; a non-empty ``target`` without it is an error.
+    so ``target`` is either complete or absent.
+
+    The marker records what was extracted: the archive's path, size, modification time and
+    SHA-256. A ``target`` whose marker names the same archive content (``sha256`` when the caller
+    knows it, else the recorded size and time, else a fresh checksum) is returned at once; one
+    extracted from anything else is replaced by a fresh extraction (the old tree is removed only
+    once the new one is complete). A non-empty ``target`` without a marker is an error.
     """
     archive, target = Path(archive), Path(target)
-    if (target / EXTRACTED_MARKER).is_file():
-        return target
-    _check_target_free(target, archive)
+    expected = _normalise_sha256(sha256)
+    marker = target / EXTRACTED_MARKER
+    previous = _read_marker(marker) if marker.is_file() else None
+    if marker.is_file():
+        if _same_archive(previous, archive, expected):
+            return target
+        log.info("%s was extracted from %s; extracting %s in its place", target,
+                 (previous or {}).get("archive", "an unrecorded archive"), archive)
+    else:
+        _check_target_free(target, archive)
     kind = _archive_kind(archive)
     if not archive.is_file():
         raise FetchError(f"cannot extract {archive}: no such file")
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    identity = _archive_identity(archive, expected)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
     try:
         if kind == "zip":
             _extract_zip(archive, staging)
         else:
             _extract_tar(archive, staging)
-        atomic.write_text(staging / EXTRACTED_MARKER, f"extracted from {archive.name}\n")
-        if target.is_dir():
-            target.rmdir()  # empty (checked above); rename cannot replace a directory everywhere
-        os.rename(staging, target)
+        atomic.write_text(staging / EXTRACTED_MARKER, json.dumps(identity, indent=2) + "\n")
+        _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _read_marker(marker: Path) -> dict | None:
+    """The provenance recorded in an extraction marker (None for an unreadable or pre-provenance one)."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
+
+
+def _archive_identity(archive: Path, sha256: str | None) -> dict:
+    """What the marker records about ``archive``: where it was, its size, time and content hash."""
+    info = archive.stat()
+    return {
+        "archive": str(archive.resolve()),
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "sha256": sha256 or sha256_file(archive),
+    }
+
+
+def _same_archive(previous: dict | None, archive: Path, sha256: str | None) -> bool:
+    """True when the marker ``previous`` describes the content of ``archive`` (or the caller's ``sha256``)."""
+    if previous is None:
+        return False  # an old marker that does not say what it came from: extract again
+    if sha256 is not None:
+        return previous["sha256"] == sha256
+    if not archive.is_file():
+        log.info("%s is gone; keeping what was extracted from it", archive)
+        return previous.get("archive") == str(archive.resolve())
+    info = archive.stat()
+    if (previous.get("archive"), previous.get("size"), previous.get("mtime_ns")) == (
+        str(archive.resolve()), info.st_size, info.st_mtime_ns
+    ):
+        return True
+    return previous["sha256"] == sha256_file(archive)
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished ``staging`` onto ``target``; an old extraction there is removed afterwards."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if not (target / EXTRACTED_MARKER).is_file():
+        target.rmdir()  # empty (checked by the caller); rename cannot replace a directory everywhere
+        os.rename(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent))
+    os.rename(target, retired / "old")  # from here until the next rename, target is absent: never half old
+    os.rename(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _check_target_free(target: Path, archive: Path) -> None:

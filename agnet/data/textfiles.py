@@ -1,26 +1,52 @@
 """Tolerant line-oriented reading of the datasets' list files.
 
-The real files mix LF and CRLF, end lines with trailing spaces, and come in UTF-8 or GBK. Readers
-see ``(line_number, tokens)`` pairs, 1-based, with blank lines dropped, and raise
-:class:`~agnet.errors.DatasetFormatError` naming the file and line for anything malformed.
+The real files mix LF and CRLF, end lines with trailing spaces, and come in UTF-8 or GBK (the XML
+declares gb2312). Other encodings are refused, not guessed. Readers see ``(line_number, tokens)``
+pairs, 1-based, with blank lines dropped, and raise :class:`~agnet.errors.DatasetFormatError`
+naming the file and line for anything malformed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from agnet.errors import DatasetFormatError
 
 
+# A GBK text file read byte by byte: ASCII, or a lead byte 0x81-0xFE with a trail byte 0x80-0xFE. GBK also allows
+# trail bytes 0x40-0x7E (rare characters outside GB2312), but Latin-1/Windows-1252 text puts exactly that pattern
+# in every word with an accent ("gr\xfcn": 0xFC then 'n'), so such files are not guessed at.
+_GBK_WITHOUT_ASCII_TRAILS = re.compile(rb"(?:[\x00-\x7f]|[\x81-\xfe][\x80-\xfe])*")
+
+
 def decode_text(path: Path, data: bytes) -> str:
-    """Decode ``data`` read from ``path`` as UTF-8 (BOM allowed), falling back to GB18030 (superset of GBK/GB2312)."""
-    for encoding in ("utf-8-sig", "gb18030"):
+    """Decode ``data`` read from ``path``: UTF-8 (BOM allowed), else GBK (which covers GB2312).
+
+    GBK is accepted only when no two-byte character has an ASCII trail byte, the signature of
+    Latin-1 or Windows-1252 text, which GBK would otherwise turn into plausible-looking Chinese.
+    Anything else is refused, naming the line and byte, with the advice to re-save as UTF-8.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        first_bad = error.start
+    if _GBK_WITHOUT_ASCII_TRAILS.fullmatch(data):
         try:
-            return data.decode(encoding)
+            return data.decode("gbk")
         except UnicodeDecodeError:
-            continue
-    raise DatasetFormatError(path, "is neither UTF-8 nor GBK text")
+            pass
+    line = data.count(b"\n", 0, first_bad) + 1
+    start = data.rfind(b"\n", 0, first_bad) + 1
+    end = data.find(b"\n", first_bad)
+    excerpt = data[start : end if end != -1 else len(data)].rstrip(b"\r")
+    raise DatasetFormatError(
+        path,
+        f"is not UTF-8 text (byte 0x{data[first_bad]:02X} in {excerpt!r}), nor GBK that could not as well be "
+        "Latin-1/Windows-1252; re-save the file as UTF-8",
+        line,
+    )
 
 
 def require_file(path: Path, what: str) -> Path:

@@ -2,7 +2,7 @@
 
 The report has ``valid`` (bool), ``errors`` (list of messages; any error makes the dataset invalid),
 ``warnings``, per-split counts (images, identities, cameras), attribute coverage, the image check
-(every listed image present and decodable) and, with ``strict``, each deviation from the published
+(every listed image present and, unless pixel checks are off, decodable) and, with ``strict``, each deviation from the published
 counts of the real release.
 """
 
@@ -28,10 +28,12 @@ from agnet.errors import AgnetError
 MAX_LISTED = 20  # problems listed by name per category; the count is always complete
 
 
-def check_image(path: Path) -> str | None:
-    """None if ``path`` is a fully decodable image, else a one-line reason."""
+def check_image(path: Path, decode: bool = True) -> str | None:
+    """None if ``path`` is a fully decodable image (only present, without ``decode``), else a one-line reason."""
     if not path.is_file():
         return "missing"
+    if not decode:
+        return None
     try:
         with Image.open(path) as image:
             image.load()  # decodes every pixel: a truncated JPEG raises here
@@ -40,12 +42,13 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def check_images(root: Path, relative_paths: list[str], workers: int | None = None) -> dict[str, Any]:
-    """Check every listed image; returns counts and the first problems by category."""
+def check_images(root: Path, relative_paths: list[str], workers: int | None = None,
+                 decode: bool = True) -> dict[str, Any]:
+    """Check every listed image (present and, with ``decode``, decodable); returns counts and the first problems."""
     unique = list(dict.fromkeys(relative_paths))
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda rel: check_image(root / rel), unique, chunksize=64))
+        reasons = list(pool.map(lambda rel: check_image(root / rel, decode), unique, chunksize=64))
     missing = [rel for rel, reason in zip(unique, reasons) if reason == "missing"]
     broken = [f"{rel}: {reason}" for rel, reason in zip(unique, reasons) if reason and reason != "missing"]
     return {
@@ -54,6 +57,7 @@ def check_images(root: Path, relative_paths: list[str], workers: int | None = No
         "missing": missing[:MAX_LISTED],
         "undecodable_count": len(broken),
         "undecodable": broken[:MAX_LISTED],
+        "decoded": decode,
     }
 
 
@@ -177,13 +181,13 @@ def verify_dataset(fmt: str, root_or_locator: str | Path, strict: bool = False, 
     else:
         _vehicleid_checks(dataset, report, strict)
     report["strict"]["deviations"] = [d for d in report["strict"]["deviations"] if d]
-    if check_pixels:
-        report["image_check"] = check_images(root, [image.path for image in dataset.images])
-        for key, label in (("missing", "missing"), ("undecodable", "truncated or corrupt")):
-            count = report["image_check"][f"{key}_count"]
-            if count:
-                shown = ", ".join(report["image_check"][key][:5])
-                report["errors"].append(f"{count} listed image(s) {label} under {root}: {shown}")
+    # Every listed image must exist, always; ``check_pixels`` also decodes each one.
+    report["image_check"] = check_images(root, [image.path for image in dataset.images], decode=check_pixels)
+    for key, label in (("missing", "missing"), ("undecodable", "truncated or corrupt")):
+        count = report["image_check"][f"{key}_count"]
+        if count:
+            shown = ", ".join(report["image_check"][key][:5])
+            report["errors"].append(f"{count} listed image(s) {label} under {root}: {shown}")
     report["valid"] = not report["errors"] and not report["strict"]["deviations"]
     return report
 

@@ -371,3 +371,111 @@ def test_extract_twice_returns_without_reextracting(tmp_path):
     archive.unlink()  # ... and would fail without the archive
     assert extract_archive(archive, target) == target
     assert (target / "top.txt").read_bytes() == b"edited"
+
+
+# --------------------------------------------------------------------------------------------
+# downloads of undeclared length (no Content-Length): never kept as complete unless confirmed
+# --------------------------------------------------------------------------------------------
+
+
+def test_no_length_cut_short_is_resumed_after_a_range_probe(server, tmp_path):
+    base, b = server
+    b.no_length, b.truncate_first = True, 30000  # the body just ends early: nothing tells it was cut
+    dest = tmp_path / "data.bin"
+    download(f"{base}/data.bin", dest, **FAST)  # no sha256 either
+    assert dest.read_bytes() == PAYLOAD
+    # the probe finds more; the resumed 206 declares the total in Content-Range: complete
+    assert [r["range"] for r in b.requests] == [None, "bytes=30000-", "bytes=30000-"]
+
+
+def test_no_length_complete_is_confirmed_by_416(server, tmp_path):
+    base, b = server
+    b.no_length = True
+    dest = tmp_path / "data.bin"
+    download(f"{base}/data.bin", dest, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r["range"] for r in b.requests] == [None, f"bytes={len(PAYLOAD)}-"]
+
+
+@pytest.mark.parametrize("name", ["data.tar.gz", "data.zip", "data.bin"])
+def test_no_length_cut_short_and_no_ranges_keeps_nothing(name, server, tmp_path):
+    base, b = server
+    whole = _make_zip(tmp_path / "a.zip", GOOD) if name.endswith("zip") else _make_tar(tmp_path / "a.tgz", GOOD)
+    data = whole.read_bytes()
+    b.files[f"/{name}"] = data
+    b.no_length, b.ignore_range, b.truncate_first = True, True, len(data) // 2
+    dest = tmp_path / "out" / name
+    with pytest.raises(FetchError, match=r"ended after \d+ bytes, but the server sent no Content-Length .*sha256"):
+        download(f"{base}/{name}", dest, **FAST)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # neither the file nor its .part
+
+
+@pytest.mark.parametrize("name", ["data.tar.gz", "data.zip", "data.tar"])
+def test_no_length_no_ranges_whole_archive_is_accepted(name, server, tmp_path):
+    base, b = server
+    if name.endswith("zip"):
+        data = _make_zip(tmp_path / name, GOOD).read_bytes()
+    else:
+        data = _make_tar(tmp_path / name, GOOD, "w:gz" if name.endswith("gz") else "w").read_bytes()
+    b.files[f"/{name}"] = data
+    b.no_length, b.ignore_range = True, True
+    dest = download(f"{base}/{name}", tmp_path / "out" / name, **FAST)
+    assert dest.read_bytes() == data
+
+
+def test_plain_tar_cut_at_a_member_boundary_is_refused(server, tmp_path):
+    base, b = server
+    data = _make_tar(tmp_path / "a.tar", GOOD, "w").read_bytes()
+    b.files["/a.tar"] = data
+    b.no_length, b.ignore_range, b.truncate_first = True, True, 512 * 2  # header + data block of top.txt
+    with pytest.raises(FetchError, match="no end-of-archive blocks"):
+        download(f"{base}/a.tar", tmp_path / "out" / "a.tar", **FAST)
+
+
+# --------------------------------------------------------------------------------------------
+# re-extraction when the archive changes
+# --------------------------------------------------------------------------------------------
+
+
+def test_other_archive_at_same_path_is_extracted_anew(tmp_path):
+    archive = _make_tar(tmp_path / "data.tar.gz", GOOD)
+    target = tmp_path / "target"
+    extract_archive(archive, target)
+    _make_tar(archive, {"top.txt": b"second release\n"})
+    os.utime(archive, ns=(0, 0))  # even with a different time the content decides; here both differ
+    extract_archive(archive, target)
+    assert (target / "top.txt").read_bytes() == b"second release\n"
+    assert not (target / "sub").exists()  # nothing of the first extraction survives
+    assert [p.name for p in target.parent.iterdir()] == sorted(["data.tar.gz", "target"])
+
+
+def test_other_archive_by_checksum_is_extracted_anew(tmp_path):
+    first = _make_zip(tmp_path / "a.zip", GOOD)
+    second = _make_zip(tmp_path / "b.zip", {"top.txt": b"b\n"})
+    target = tmp_path / "target"
+    extract_archive(first, target, sha256=sha256_file(first))
+    extract_archive(second, target, sha256=sha256_file(second))
+    assert (target / "top.txt").read_bytes() == b"b\n"
+    marker = (target / fetch.EXTRACTED_MARKER).read_text()
+    assert sha256_file(second) in marker and "b.zip" in marker
+
+
+def test_same_content_elsewhere_is_not_extracted_again(tmp_path):
+    first = _make_zip(tmp_path / "a.zip", GOOD)
+    target = tmp_path / "target"
+    extract_archive(first, target)
+    (target / "top.txt").write_bytes(b"edited")  # a re-extraction would restore this
+    copy = tmp_path / "copy.zip"
+    copy.write_bytes(first.read_bytes())
+    extract_archive(copy, target)
+    assert (target / "top.txt").read_bytes() == b"edited"
+
+
+def test_marker_without_provenance_is_extracted_anew(tmp_path):
+    archive = _make_zip(tmp_path / "a.zip", GOOD)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "top.txt").write_bytes(b"from an older agnet")
+    (target / fetch.EXTRACTED_MARKER).write_text("extracted from a.zip\n")  # the pre-provenance marker
+    extract_archive(archive, target)
+    assert (target / "top.txt").read_bytes() == GOOD["top.txt"]

@@ -117,3 +117,21 @@ def test_index_file_with_wrong_line_count_is_rejected(veri_root):
     (veri_root / "gt_index.txt").write_bytes(b"3 4 \n")
     with pytest.raises(DatasetFormatError, match=r"gt_index\.txt: expected one line per query \(2 lines\), got 1"):
         read_veri(veri_root)
+
+
+LATIN1_COLORS = "1 yellow\n2 orange\n3 green\n4 grün\n5 red\n6 blue\n7 white\n8 golden\n9 brown\n10 black\n"
+
+
+def test_latin1_class_names_are_refused_not_read_as_gbk(veri_root):
+    (veri_root / "list_color.txt").write_bytes(LATIN1_COLORS.encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match=r"list_color.txt:4: is not UTF-8 text \(byte 0xFC in b'4 gr\\xfcn'\)"
+                       r".*re-save the file as UTF-8"):
+        read_veri(veri_root)
+
+
+def test_utf8_and_gbk_class_names_decode_to_the_same_text(veri_root):
+    for encoding in ("utf-8", "gbk"):
+        (veri_root / "list_color.txt").write_bytes(LATIN1_COLORS.replace("grün", "灰色").encode(encoding))
+        assert read_veri(veri_root).color_names[3] == "灰色"
+    (veri_root / "list_color.txt").write_bytes(LATIN1_COLORS.encode("utf-8"))
+    assert read_veri(veri_root).color_names[3] == "grün"

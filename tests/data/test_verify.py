@@ -13,7 +13,7 @@ def test_valid_veri_fixture_report(veri_root):
     assert report["splits"]["train"] == {"images": 4, "identities": 2, "cameras": 3}
     assert report["splits"]["gallery"]["identities"] == 2
     assert report["image_check"] == {"checked": 12, "missing_count": 0, "missing": [],
-                                     "undecodable_count": 0, "undecodable": []}
+                                     "undecodable_count": 0, "undecodable": [], "decoded": True}
     assert report["attributes"]["train"]["color_id"]["image_fraction"] == 1.0
     json.dumps(report)  # serialisable
 
@@ -80,3 +80,12 @@ def test_vehicleid_report_coverage_and_strict(vehicleid_root):
     assert "test_list_800.txt: expected, not found" in deviations
     assert report["valid"] is False
     assert verify_dataset("vehicleid", vehicleid_root)["valid"] is True
+
+
+def test_no_pixels_still_reports_a_missing_image(veri_root):
+    (veri_root / "image_test" / "0004_c001_00001900_0.jpg").unlink()
+    (veri_root / "image_train" / "0005_c001_00000200_0.jpg").write_bytes(b"\xff\xd8 not decoded without pixels")
+    report = verify_dataset("veri", veri_root, check_pixels=False)
+    assert not report["valid"]
+    assert report["image_check"]["missing"] == ["image_test/0004_c001_00001900_0.jpg"]
+    assert report["image_check"]["undecodable_count"] == 0 and report["image_check"]["decoded"] is False
