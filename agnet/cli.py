@@ -13,13 +13,17 @@
     agnet config check CONFIG.yaml [MORE.yaml ...]
 
 ROOT is a dataset directory or the ``dataset.json`` written by ``agnet data fetch``. User errors
-(bad input, missing data) print one ``agnet: error: ...`` line and exit with status 1.
+(bad input, missing data, a full disk, a missing or unreadable file) print one ``agnet: error: ...``
+line and exit with status 1; a bad flag prints one ``agnet CMD: error: ...`` line and exits with 2.
+``AGNET_DEBUG=1`` shows the traceback of a converted error instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +32,106 @@ from agnet import __version__
 from agnet.errors import AgnetError
 
 FORMATS = ("veri", "vehicleid")
+MAX_ERROR_LINES = 8  # a longer message (e.g. a list of mismatched weights) is cut, saying how much was left out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``agnet train: error: argument --seed: ... (see agnet train --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_seed = _int_at_least(0)
+_positive = _int_at_least(1)
+
+
+def _output_file(text: str) -> Path:
+    """An argparse type: a file to write (not an existing directory)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; expected the path of a file to write")
+    return path
+
+
+def _output_dir(text: str) -> Path:
+    """An argparse type: a directory to write into (not an existing file)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a directory")
+    return path
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` this machine cannot run, before any data or model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type != "cuda":
+        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise AgnetError(f"--device {device}: CUDA is not available ({why}); use --device cpu, or leave --device "
+                         "out to use a GPU only when there is one")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise AgnetError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
+def describe_os_error(error: OSError) -> str | None:
+    """One line for an operating-system error (full disk, missing file, permissions), or None for
+    an OSError without an errno (a library's own failure, which is left to show its traceback)."""
+    if error.errno is None:
+        return None
+    where = error.filename if error.filename is not None else None
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+        target = f"while writing {where}" if where is not None else "while writing the output"
+        return (f"{what} {target}; free some space and run the command again (outputs are renamed into "
+                "place only when complete, so nothing partial was kept)")
+    reasons = {
+        errno.ENOENT: "no such file or directory",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EISDIR: "is a directory (expected a file)",
+        errno.ENOTDIR: "a part of the path is not a directory",
+        errno.EROFS: "read-only file system",
+    }
+    reason = reasons.get(error.errno, error.strerror or os.strerror(error.errno))
+    if where is None:
+        return reason
+    extra = f" -> {error.filename2}" if error.filename2 is not None else ""
+    return f"{where}{extra}: {reason}"
+
+
+def _report(message: str, max_lines: int | None = MAX_ERROR_LINES) -> None:
+    lines = message.splitlines() or [""]
+    if max_lines is not None and len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], f"... ({len(lines) - max_lines + 1} more lines)"]
+    print("agnet: error: " + "\n".join(lines), file=sys.stderr)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -101,6 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from agnet.train.loop import TrainingInterrupted, train
     from agnet.train.settings import resolve_settings
 
+    check_device(args.device)
     settings = resolve_settings(load_config(*args.config), args.variant)
     if args.threads:
         import torch
@@ -127,6 +232,7 @@ def _eval_config(paths):
 def _cmd_extract(args: argparse.Namespace) -> int:
     from agnet.extract import extract
 
+    check_device(args.device)
     evaluation = _eval_config(args.config)
     if args.threads:
         import torch
@@ -223,7 +329,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
-    parser = argparse.ArgumentParser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
+    parser = _Parser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
     parser.add_argument("--version", action="version", version=f"agnet {__version__}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,extract,evaluate,aggregate,report,weights,config}")
 
@@ -232,14 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = data_cmds.add_parser("synth", help="write a synthetic twin in the real on-disk format")
     synth.add_argument("format", choices=FORMATS)
-    synth.add_argument("out_dir", type=Path)
-    synth.add_argument("--vehicles", type=int, help="identities (default: veri 100, vehicleid 200)")
-    synth.add_argument("--cameras", type=int, help="cameras (default: veri 20, vehicleid 6)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--models", type=int, default=24, help="vehicleid: number of car models (type classes)")
+    synth.add_argument("out_dir", type=_output_dir)
+    synth.add_argument("--vehicles", type=_positive, help="identities (default: veri 100, vehicleid 200)")
+    synth.add_argument("--cameras", type=_positive, help="cameras (default: veri 20, vehicleid 6)")
+    synth.add_argument("--seed", type=_seed, default=0)
+    synth.add_argument("--models", type=_positive, default=24, help="vehicleid: number of car models (type classes)")
     synth.add_argument("--labelled-fraction", type=float, default=0.6,
                        help="vehicleid: fraction of vehicles with attribute labels")
-    synth.add_argument("--workers", type=int, help="rendering processes (default: all cores)")
+    synth.add_argument("--workers", type=_positive, help="rendering processes (default: all cores)")
     synth.set_defaults(func=_cmd_synth)
 
     fetch = data_cmds.add_parser("fetch", help="make a dataset available from a URL, an archive or a directory")
@@ -248,9 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--url", help="http(s) URL of the dataset archive (resumable download)")
     where.add_argument("--archive", help="local archive (.zip, .tar[.gz|.bz2|.xz])")
     where.add_argument("--directory", help="already-extracted dataset root (used in place)")
-    fetch.add_argument("--dest", type=Path, required=True, help="folder for downloads and unpacked archives")
+    fetch.add_argument("--dest", type=_output_dir, required=True, help="folder for downloads and unpacked archives")
     fetch.add_argument("--sha256", help="expected sha256 of the archive")
-    fetch.add_argument("-o", "--output", type=Path, required=True, help="dataset.json locator to write")
+    fetch.add_argument("-o", "--output", type=_output_file, required=True, help="dataset.json locator to write")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(func=_cmd_fetch)
 
@@ -259,42 +365,42 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("root", type=Path, help="dataset root or dataset.json")
     verify.add_argument("--strict", action="store_true", help="also require the published counts of the release")
     verify.add_argument("--no-pixels", action="store_true", help="skip decoding every image")
-    verify.add_argument("-o", "--output", type=Path, help="JSON report to write")
+    verify.add_argument("-o", "--output", type=_output_file, help="JSON report to write")
     verify.set_defaults(func=_cmd_verify)
 
     manifest = data_cmds.add_parser("manifest", help="write the per-image Parquet manifest")
     manifest.add_argument("format", choices=FORMATS)
     manifest.add_argument("root", type=Path, help="dataset root or dataset.json")
-    manifest.add_argument("-o", "--output", type=Path, required=True)
+    manifest.add_argument("-o", "--output", type=_output_file, required=True)
     manifest.add_argument("--train-vehicles", choices=("attribute-labelled", "all"), default="attribute-labelled",
                           help="training vehicles kept (default: those with colour and type labels, as the paper)")
-    manifest.add_argument("--holdout-vehicles", type=int, default=0, metavar="N",
+    manifest.add_argument("--holdout-vehicles", type=_int_at_least(0), default=0, metavar="N",
                           help="hold N training vehicles out of training (split 'val') to tune re-ranking on")
-    manifest.add_argument("--holdout-seed", type=int, default=0, metavar="S", help="seed of the held-out draw")
+    manifest.add_argument("--holdout-seed", type=_seed, default=0, metavar="S", help="seed of the held-out draw")
     manifest.set_defaults(func=_cmd_manifest)
 
     grid = data_cmds.add_parser("grid", help="save a picture grid of sample images (rows: vehicles)")
     grid.add_argument("format", choices=FORMATS)
     grid.add_argument("root", type=Path, help="dataset root or dataset.json")
-    grid.add_argument("-o", "--output", type=Path, required=True)
-    grid.add_argument("--rows", type=int, default=8)
-    grid.add_argument("--cols", type=int, default=8)
-    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("-o", "--output", type=_output_file, required=True)
+    grid.add_argument("--rows", type=_positive, default=8)
+    grid.add_argument("--cols", type=_positive, default=8)
+    grid.add_argument("--seed", type=_seed, default=0)
     grid.set_defaults(func=_cmd_grid)
 
     train = groups.add_parser("train", help="train one (dataset, variant, seed) run")
     _add_config(train)
     train.add_argument("--manifest", type=Path, required=True, help="dataset manifest (Parquet)")
     train.add_argument("--variant", required=True, help="a key of `variants` in the config")
-    train.add_argument("--seed", type=int, required=True)
-    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--seed", type=_seed, required=True)
+    train.add_argument("--out", type=_output_dir, required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
     train.add_argument("--weights-cache", type=Path, default=Path("results/weights"),
                        help="folder of downloaded ImageNet weights")
     train.add_argument("--cache-dir", type=Path, default=Path("results/cache"),
                        help="folder of decoded-image caches (training.decoded_cache)")
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
@@ -302,9 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(extract)
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
-    extract.add_argument("--out", type=Path, required=True)
+    extract.add_argument("--out", type=_output_file, required=True)
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    extract.add_argument("--threads", type=int)
+    extract.add_argument("--threads", type=_positive)
     extract.add_argument("--no-progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 
@@ -314,12 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), required=True)
     evaluate.add_argument("--protocol", required=True, help="veri, veri-str or vehicleid-<N>")
-    evaluate.add_argument("-o", "--output", type=Path, required=True)
+    evaluate.add_argument("-o", "--output", type=_output_file, required=True)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     aggregate = groups.add_parser("aggregate", help="collect metrics files into tidy tables")
     aggregate.add_argument("metrics", type=Path, nargs="+")
-    aggregate.add_argument("--out", type=Path, required=True)
+    aggregate.add_argument("--out", type=_output_dir, required=True)
     aggregate.set_defaults(func=_cmd_aggregate)
 
     report = groups.add_parser("report", help="Tables I-IV and the claims check")
@@ -332,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts, and the paper against itself")
     _add_config(claims)
     claims.add_argument("--runs", type=Path, required=True, help="results/metrics/runs.csv (one row per run)")
-    claims.add_argument("--markdown", type=Path, required=True)
-    claims.add_argument("--json", type=Path, required=True)
+    claims.add_argument("--markdown", type=_output_file, required=True)
+    claims.add_argument("--json", type=_output_file, required=True)
     claims.set_defaults(func=_cmd_report_claims)
     figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
     _add_config(figures)
@@ -347,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch_weights = weights_cmds.add_parser("fetch", help="download torchvision's ImageNet weights, hash-checked")
     fetch_weights.add_argument("backbone")
     fetch_weights.add_argument("--cache", type=Path, required=True)
-    fetch_weights.add_argument("--record", type=Path, help="JSON record (path, sha256) to write for the workflow")
+    fetch_weights.add_argument("--record", type=_output_file, help="JSON record (path, sha256) to write for the workflow")
     fetch_weights.set_defaults(func=_cmd_weights_fetch)
 
     config = groups.add_parser("config", help="configuration utilities")
@@ -361,14 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit status."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("AGNET_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except AgnetError as error:
-        print(f"agnet: error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        # `config check` exists to list every problem; elsewhere a long message is cut to a few lines
+        _report(str(error), None if args.func is _cmd_config_check else MAX_ERROR_LINES)
         return 1
     except KeyboardInterrupt:
         print("agnet: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        message = describe_os_error(error)
+        if message is None or debug:
+            raise
+        _report(message)
+        return 1
 
 
 if __name__ == "__main__":

@@ -44,18 +44,21 @@ COLOR_RGB = {
     "sliver": (178, 182, 188),
 }
 
+_POINT_THE_CONFIG = (
+    "point the config at it: datasets.<name>.source: {kind: directory, location: <that folder>}, or give the "
+    "archive itself: {kind: archive, location: <file>, sha256: <its sha256>}"
+)
+
 HOW_TO_OBTAIN = {
     "veri": (
         "VeRi-776 is released by its authors on request: see https://vehiclereid.github.io/VeRi/ "
         "(request form and licence terms). Unpack it (the folder holds image_train/, name_train.txt, "
-        "train_label.xml, ...) and point the config at it: datasets.<name>.source.directory, or give the "
-        "archive as datasets.<name>.source.archive (with its sha256)."
+        f"train_label.xml, ...) and {_POINT_THE_CONFIG}."
     ),
     "vehicleid": (
         "PKU VehicleID is released by its authors on request: see "
         "https://pkuml.org/resources/pku-vehicleid.html (licence agreement by e-mail). Unpack it (the folder "
-        "holds image/, train_test_split/, attribute/) and point the config at it: "
-        "datasets.<name>.source.directory, or datasets.<name>.source.archive (with its sha256)."
+        f"holds image/, train_test_split/, attribute/) and {_POINT_THE_CONFIG}."
     ),
 }
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from agnet.errors import DatasetFormatError
 
-
 # A GBK text file read byte by byte: ASCII, or a lead byte 0x81-0xFE with a trail byte 0x80-0xFE. GBK also allows
 # trail bytes 0x40-0x7E (rare characters outside GB2312), but Latin-1/Windows-1252 text puts exactly that pattern
 # in every word with an accent ("gr\xfcn": 0xFC then 'n'), so such files are not guessed at.

@@ -1,6 +1,7 @@
 # Shared helpers: config validation, dataset lookups and the target list.
 import os
 import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -14,9 +15,7 @@ from agnet.train.settings import resolve_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
-    validate_config(config, source="config")
-    for _variant in config["train_variants"]:
-        resolve_settings(config, _variant)
+    validate_config(config, source="config")  # the same checks as `agnet config check`
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
 
@@ -56,11 +55,11 @@ def dataset(wildcards):
 
 
 def fetch_args(wildcards):
-    """`agnet data fetch` source flags for an external dataset."""
+    """`agnet data fetch` source flags for an external dataset (shell-quoted: paths may hold ' or spaces)."""
     source = dataset(wildcards)["source"]
-    args = f"--{source['kind']} '{source['location']}'"
+    args = f"--{source['kind']} {shlex.quote(source['location'])}"
     if source.get("sha256"):
-        args += f" --sha256 {source['sha256']}"
+        args += f" --sha256 {shlex.quote(source['sha256'])}"
     return args
 
 
@@ -79,7 +78,7 @@ def weights_input(wildcards):
 
 def config_args(wildcards):
     """`--config` flags reproducing this workflow's merged configuration."""
-    return " ".join(f"--config '{path}'" for path in CONFIG_FILES)
+    return " ".join(f"--config {shlex.quote(path)}" for path in CONFIG_FILES)
 
 
 def protocols(ds):

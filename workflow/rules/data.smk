@@ -28,10 +28,10 @@ rule synthesize:
         cameras=lambda wc: dataset(wc)["source"]["cameras"],
         seed=lambda wc: dataset(wc)["source"]["seed"],
     shell:
-        "(python -m agnet data synth {params.fmt} {output.root} --vehicles {params.vehicles}"
+        "(python -m agnet data synth {params.fmt} {output.root:q} --vehicles {params.vehicles}"
         " --cameras {params.cameras} --seed {params.seed} --workers {threads}"
-        " && python -m agnet data fetch {params.fmt} --directory {output.root}"
-        " --dest results/data/{wildcards.ds} -o {output.locator} --quiet) > {log} 2>&1"
+        " && python -m agnet data fetch {params.fmt} --directory {output.root:q}"
+        " --dest results/data/{wildcards.ds} -o {output.locator:q} --quiet) > {log:q} 2>&1"
 
 
 rule fetch:
@@ -51,7 +51,7 @@ rule fetch:
         source=fetch_args,
     shell:
         "python -m agnet data fetch {params.fmt} {params.source} --dest results/data/{wildcards.ds}"
-        " -o {output.locator} > {log} 2>&1"
+        " -o {output.locator:q} > {log:q} 2>&1"
 
 
 rule verify:
@@ -71,7 +71,7 @@ rule verify:
         fmt=lambda wc: dataset(wc)["format"],
         strict=lambda wc: "--strict" if dataset(wc)["strict"] else "",
     shell:
-        "python -m agnet data verify {params.fmt} {input.locator} {params.strict} -o {output.report} > {log} 2>&1"
+        "python -m agnet data verify {params.fmt} {input.locator:q} {params.strict} -o {output.report:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -93,6 +93,6 @@ rule manifest:
         holdout=lambda wc: dataset(wc)["holdout_vehicles"],
         holdout_seed=lambda wc: dataset(wc)["holdout_seed"],
     shell:
-        "python -m agnet data manifest {params.fmt} {input.locator} -o {output.manifest}"
+        "python -m agnet data manifest {params.fmt} {input.locator:q} -o {output.manifest:q}"
         " --train-vehicles {params.train_vehicles} --holdout-vehicles {params.holdout}"
-        " --holdout-seed {params.holdout_seed} > {log} 2>&1"
+        " --holdout-seed {params.holdout_seed} > {log:q} 2>&1"
