@@ -104,12 +104,15 @@ def validate_config(config: dict[str, Any], source: str = "config", schema_path:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     absent = [key for key in schema.get("required", []) if key not in config]
     if absent:
-        raise ConfigError(
+        # An overlay checked alone: one line saying so, instead of a "required property" line per missing key;
+        # the overlay's own mistakes (unknown keys, bad values) are still listed.
+        own = [f"{source}: {_describe(error)}" for error in errors if error.validator != "required"]
+        raise ConfigError("\n".join([
             f"{source}: lacks the top-level section(s) {', '.join(map(repr, absent))}, so it is not a complete config. "
-            "An overlay such as "
-            "workflow/configs/demo.yaml only changes the base config.yaml; give the base first, e.g. "
-            "`agnet config check config.yaml workflow/configs/demo.yaml` (or --config twice)"
-        )
+            "An overlay such as workflow/configs/demo.yaml only changes the base config.yaml; give the base first, "
+            "e.g. `agnet config check config.yaml workflow/configs/demo.yaml` (or --config twice)",
+            *own,
+        ]))
     if errors:
         raise ConfigError("\n".join(f"{source}: {_describe(error)}" for error in errors))
     unknown = [name for name in config["run"] if name not in config["datasets"]]

@@ -357,3 +357,18 @@ def test_workflow_refetches_a_changed_archive_from_a_quoted_path(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         verified = json.loads(report.read_text())
         assert verified["valid"] and verified["splits"]["train"]["images"] == images
+
+
+def test_refetch_from_another_url_without_checksums(server, tmp_path):
+    """Without sha256 the file name alone cannot tell two downloads apart: the URL is recorded and compared."""
+    base, behaviour = server
+    a_root, b_root = _veri_copy(tmp_path / "a"), _veri_copy(tmp_path / "b")
+    _drop_first_train_image(b_root)
+    behaviour.files["/v1/VeRi.zip"] = _zip_tree(a_root, tmp_path / "a/VeRi.zip").read_bytes()
+    behaviour.files["/v2/VeRi.zip"] = _zip_tree(b_root, tmp_path / "b/VeRi.zip").read_bytes()
+    locator = tmp_path / "d/dataset.json"
+    for version, images in (("v1", 4), ("v2", 3), ("v2", 3)):
+        assert main(["data", "fetch", "veri", "--url", f"{base}/{version}/VeRi.zip",
+                     "--dest", str(tmp_path / "d"), "-o", str(locator), "--quiet"]) == 0
+        assert _train_images(locator) == images
+    assert [r["path"] for r in behaviour.requests if r["range"] is None] == ["/v1/VeRi.zip", "/v2/VeRi.zip"]

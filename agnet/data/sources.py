@@ -11,12 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+from agnet.atomic import write_text
 from agnet.data.constants import HOW_TO_OBTAIN
 from agnet.data.datasets import find_root, resolve_root, write_locator
 from agnet.data.fetch import download, extract_archive, sha256_file
 from agnet.errors import DatasetMissingError, FetchError
 
 SOURCE_KINDS = ("url", "archive", "directory")
+
+
+def _same_text(path: Path, text: str) -> bool:
+    try:
+        return path.read_text(encoding="utf-8").strip() == text
+    except OSError:
+        return False
 
 
 def _verify_archive(archive: Path, sha256: str | None) -> str | None:
@@ -47,7 +55,12 @@ def obtain(fmt: str, kind: str, location: str, dest: str | Path, locator: str | 
     elif kind in ("archive", "url"):
         if kind == "url":
             name = Path(urlparse(location).path).name or f"{fmt}.archive"
-            archive = download(location, dest / "downloads" / name, sha256=sha256, progress=progress)
+            archive = dest / "downloads" / name
+            origin = archive.with_name(archive.name + ".url")  # which URL the download came from
+            if sha256 is None and archive.is_file() and not _same_text(origin, location):
+                archive.unlink()  # another URL's file under the same name, and no checksum to tell: fetch again
+            archive = download(location, archive, sha256=sha256, progress=progress)
+            write_text(origin, location + "\n")
             known = sha256.lower() if sha256 else None
         else:
             archive = Path(location)
