@@ -107,12 +107,12 @@ def validate_config(config: dict[str, Any], source: str = "config", schema_path:
         # An overlay checked alone: one line saying so, instead of a "required property" line per missing key;
         # the overlay's own mistakes (unknown keys, bad values) are still listed.
         own = [f"{source}: {_describe(error)}" for error in errors if error.validator != "required"]
-        raise ConfigError("\n".join([
+        overlay = (
             f"{source}: lacks the top-level section(s) {', '.join(map(repr, absent))}, so it is not a complete config. "
             "An overlay such as workflow/configs/demo.yaml only changes the base config.yaml; give the base first, "
-            "e.g. `agnet config check config.yaml workflow/configs/demo.yaml` (or --config twice)",
-            *own,
-        ]))
+            "e.g. `agnet config check config.yaml workflow/configs/demo.yaml` (or --config twice)"
+        )
+        raise ConfigError("\n".join([overlay, *own]))
     if errors:
         raise ConfigError("\n".join(f"{source}: {_describe(error)}" for error in errors))
     unknown = [name for name in config["run"] if name not in config["datasets"]]
