@@ -90,6 +90,10 @@ def check_device(device: str | None) -> None:
         raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
     if parsed.type == "cpu":
         return
+    if parsed.type == "mps":  # Apple GPUs
+        if not torch.backends.mps.is_available():
+            raise AgnetError(f"--device {device}: the MPS backend is not available here; use --device cpu")
+        return
     if parsed.type != "cuda":
         raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     if not torch.cuda.is_available():

@@ -372,3 +372,15 @@ def test_refetch_from_another_url_without_checksums(server, tmp_path):
                      "--dest", str(tmp_path / "d"), "-o", str(locator), "--quiet"]) == 0
         assert _train_images(locator) == images
     assert [r["path"] for r in behaviour.requests if r["range"] is None] == ["/v1/VeRi.zip", "/v2/VeRi.zip"]
+
+
+def test_cuda_index_beyond_the_visible_devices(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    argv = ["train", *CONFIGS, "--manifest", str(tmp_path / "m.parquet"), "--variant", "agnet_asl", "--seed", "0",
+            "--out", str(tmp_path / "run"), "--device", "cuda:3"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == "agnet: error: --device cuda:3: there are only 1 CUDA device(s) (cuda:0 to cuda:0)\n"
+    assert not (tmp_path / "run").exists()
