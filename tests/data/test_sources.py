@@ -77,3 +77,17 @@ def test_archive_without_dataset_inside(tmp_path):
     archive = shutil.make_archive(str(tmp_path / "junk"), "zip", tmp_path, "junk")
     with pytest.raises(DatasetMissingError, match=r"no veri dataset inside .* \(no name_train.txt found\)"):
         obtain("veri", "archive", archive, tmp_path / "out", tmp_path / "d.json")
+
+
+def test_truncated_download_kept_by_an_older_version_says_to_delete_it(server, veri_zip, tmp_path):
+    base, behaviour = server
+    data = Path(veri_zip).read_bytes()
+    behaviour.files["/VeRi.zip"] = data
+    out = tmp_path / "out"
+    kept = out / "downloads" / "VeRi.zip"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(data[: len(data) // 2])  # under its final name, as before issue 12
+    (out / "downloads" / "VeRi.zip.url").write_text(f"{base}/VeRi.zip\n")
+    with pytest.raises(FetchError, match=r"corrupt or unreadable archive .*; delete .*VeRi\.zip and run the fetch again"):
+        obtain("veri", "url", f"{base}/VeRi.zip", out, out / "dataset.json", progress=False)
+    assert not (out / "extracted").exists() and not (out / "dataset.json").exists()
