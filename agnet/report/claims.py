@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -101,7 +101,7 @@ def paper_claims(paper: dict | None = None, statements: list[dict] | None = None
     """Every claim of the statements marked ``claim: true`` (one per table cell and B row)."""
     paper = paper or load_paper()
     statements = statements if statements is not None else load_statements()
-    claims = []
+    claims: dict[tuple, Claim] = {}  # one claim per comparison, however many statements make it
     for statement in statements:
         if not statement.get("claim"):
             continue
@@ -117,12 +117,18 @@ def paper_claims(paper: dict | None = None, statements: list[dict] | None = None
                 ours.append(max(published, key=lambda s: s.paper))
             where = "" if group is None else f" ({group})"
             for b in ours:
-                claims.append(Claim(
+                key = (table, group, column, a.row, b.row)
+                if key in claims:
+                    first = claims[key]
+                    claims[key] = replace(first, statement=f"{first.statement}, {statement['id']}",
+                                          where=f"{first.where}; {statement['where']}")
+                    continue
+                claims[key] = Claim(
                     id=f"{statement['id']}/{table}{'' if group is None else f'-{group}'}/{column}/{b.row}",
                     statement=statement["id"], where=statement["where"],
                     text=f"{a.row} beats {b.row} in {column} (Table {ROMAN[table]}{where})",
-                    dataset=paper["tables"][table]["dataset"], table=table, group=group, metric=column, a=a, b=b))
-    return claims
+                    dataset=paper["tables"][table]["dataset"], table=table, group=group, metric=column, a=a, b=b)
+    return list(claims.values())
 
 
 @dataclass(frozen=True)

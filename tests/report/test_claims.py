@@ -60,6 +60,10 @@ def test_every_paper_gap_comes_from_the_tables():
     # "beats every method" is judged against the strongest published competitor of the cell
     best = claim("veri-highest/table1/Rank1/")
     assert (best.b.row, best.b.paper, best.b.variant) == ("VAMI+ST", 85.92, None)
+    # One claim per comparison: two statements about AGNet-ASL vs VAMI+ST mAP make one claim naming both.
+    keys = [(c.table, c.group, c.metric, c.a.row, c.b.row) for c in claims]
+    assert len(keys) == len(set(keys))
+    assert claim("veri-highest/table1/mAP/").statement == "veri-highest, veri-vs-spatio-temporal"
 
 
 def test_a_changed_table_value_changes_the_claims_paper_gap():
