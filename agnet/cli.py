@@ -1,6 +1,6 @@
 """The ``agnet`` command-line program: every workflow step, runnable without Snakemake.
 
-    agnet data synth {veri,vehicleid} OUT_DIR [--vehicles N] [--cameras C] [--seed S]
+    agnet data synth {veri,vehicleid} OUT_DIR [--vehicles N] [--cameras C] [--seed S] [--release | --release-scale F]
     agnet data fetch {veri,vehicleid} (--url URL | --archive FILE | --directory DIR) --dest DIR -o dataset.json
     agnet data verify {veri,vehicleid} ROOT [--strict] [-o REPORT.json]     (exit 0 = valid, 1 = invalid)
     agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}] [--holdout-vehicles N]
@@ -142,13 +142,24 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from agnet.data.synth.vehicleid import synth_vehicleid
     from agnet.data.synth.veri import synth_veri
 
+    scale = 1.0 if args.release else args.release_scale
+    if scale is not None:
+        # the release fixes these; a value given anyway would be silently ignored
+        fixed = ["--vehicles"] * (args.vehicles is not None) + ["--models"] * (args.models is not None)
+        fixed += ["--labelled-fraction"] * (args.labelled_fraction is not None)
+        fixed += ["--cameras"] * (args.format == "veri" and args.cameras is not None)
+        if fixed:
+            raise AgnetError(f"{', '.join(fixed)} cannot be combined with --release/--release-scale: "
+                             "a release-size twin takes its counts from the release")
     if args.format == "veri":
         synth_veri(args.out_dir, vehicles=args.vehicles or 100, cameras=args.cameras or 20, seed=args.seed,
-                   workers=args.workers)
+                   workers=args.workers, release_scale=scale)
     else:
         synth_vehicleid(args.out_dir, vehicles=args.vehicles or 200, cameras=args.cameras or 6, seed=args.seed,
-                        models=args.models, labelled_fraction=args.labelled_fraction, workers=args.workers)
-    print(f"wrote synthetic {args.format} twin to {args.out_dir}")
+                        models=args.models or 24, labelled_fraction=args.labelled_fraction or 0.6,
+                        workers=args.workers, release_scale=scale)
+    size = "release-size " if scale == 1.0 else f"{scale:g}x release-size " if scale else ""
+    print(f"wrote synthetic {size}{args.format} twin to {args.out_dir}")
     return 0
 
 
@@ -346,10 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--vehicles", type=_positive, help="identities (default: veri 100, vehicleid 200)")
     synth.add_argument("--cameras", type=_positive, help="cameras (default: veri 20, vehicleid 6)")
     synth.add_argument("--seed", type=_seed, default=0)
-    synth.add_argument("--models", type=_positive, default=24, help="vehicleid: number of car models (type classes)")
-    synth.add_argument("--labelled-fraction", type=float, default=0.6,
-                       help="vehicleid: fraction of vehicles with attribute labels")
+    synth.add_argument("--models", type=_positive, help="vehicleid: number of car models (type classes; default 24)")
+    synth.add_argument("--labelled-fraction", type=float,
+                       help="vehicleid: fraction of vehicles with attribute labels (default 0.6)")
     synth.add_argument("--workers", type=_positive, help="rendering processes (default: all cores)")
+    size = synth.add_mutually_exclusive_group()
+    size.add_argument("--release", action="store_true",
+                      help="the real release's exact counts, crop and JPEG sizes (passes verify --strict)")
+    size.add_argument("--release-scale", type=float, metavar="F",
+                      help="the release's counts times F in (0, 1] (1 = --release)")
     synth.set_defaults(func=_cmd_synth)
 
     fetch = data_cmds.add_parser("fetch", help="make a dataset available from a URL, an archive or a directory")

@@ -80,3 +80,53 @@ def twin_stand_ins(vehicles: int) -> dict[int, int]:
     """
     n_test = vehicles - vehicles // 2
     return {size: max(1, round(n_test * k / 4)) for k, size in enumerate(PAPER_TEST_SIZES, start=1)}
+
+
+# ------------------------------------------------------------------ release-size twins (--release-scale)
+# Figures the release-size twins reproduce beyond the strict counts above (docs/datasets.md, "Release-size
+# twins", says where each comes from). VeRi: from the public name lists (per-vehicle images 11-289 train,
+# 11-202 test; 2-18 cameras per vehicle; 1,677 (vehicle, camera) pairs in the test set, one of them with
+# two queries; camera c020 in training only).
+VERI_RELEASE = {
+    "cameras": 20,
+    "test_pairs": 1_677,
+    "max_cameras_per_vehicle": 18,
+    "min_images_per_vehicle": 11,
+    "max_train_images_per_vehicle": 289,
+    "max_test_images_per_vehicle": 202,
+}
+# VehicleID: all images / vehicles of img2vid.txt; test-list image counts (800/1600/2400 published;
+# 13164 = all images minus train_list.txt; 3200 and 6000 are not published: the twin adds their extra
+# vehicles at the mean rate of the images beyond test_list_2400); label coverage of the attribute files.
+VEHICLEID_RELEASE = {
+    "images": 221_567,
+    "vehicles": 26_328,
+    "test_list_images": {800: 6_493, 1600: 13_377, 2400: 19_777, 3200: 26_350, 6000: 49_357, 13164: 108_221},
+    "model_labelled_vehicles": 10_309,
+    "color_labelled_vehicles": 10_086,
+    "models": 250,
+    "min_images_per_vehicle": 2,
+    "max_images_per_vehicle": 79,
+}
+# Colour-labelled vehicles per colour id (black, blue, gray, red, sliver, white, yellow) in color_attr.txt.
+VEHICLEID_COLOR_HISTOGRAM = (2_862, 86, 1_726, 673, 2_193, 2_507, 39)
+VEHICLEID_MODELS_USED = 228  # of the 250 model ids, the ones model_attr.txt uses
+
+# Crop and file sizes of the release-size twins: per-camera median of the crop's longer side drawn
+# log-normally (median, spread), clipped; JPEG quality set so the mean file size matches the release's
+# bytes per image (VeRi_with_plate unpacked ~1.1 GB / 51,035 crops ~ 21 KB; VehicleID_V1.0.zip ~7.5 GB /
+# 221,567 images ~ 34 KB).
+RELEASE_CROPS = {
+    "veri": {"median_px": 270, "sigma": 0.35, "min_px": 80, "max_px": 700, "jpeg_quality": 93,
+             "mean_bytes": 21_000},
+    "vehicleid": {"median_px": 360, "sigma": 0.3, "min_px": 120, "max_px": 900, "jpeg_quality": 97,
+                  "mean_bytes": 34_000},
+}
+
+
+def release_twin_test_size(size: int, scale: float) -> int:
+    """Vehicles of a release-size VehicleID twin's test list standing for the release's ``size`` list."""
+    from agnet.data.synth.plan import vehicleid_target
+
+    target = vehicleid_target(scale)
+    return target.test_sizes[list(VEHICLEID_RELEASE["test_list_images"]).index(size)]

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agnet.data.constants import VERI_COLORS, VERI_TYPES
+from agnet.cli import main
+from agnet.data import verify as verify_module
+from agnet.data.constants import RELEASE_CROPS, VEHICLEID_PUBLISHED, VERI_COLORS, VERI_PUBLISHED, VERI_TYPES
+from agnet.data.synth.plan import allocate, plan_vehicleid, plan_veri, vehicleid_target, veri_target
 from agnet.data.synth.vehicleid import synth_vehicleid
 from agnet.data.synth.veri import synth_veri
-from agnet.data.synth.world import make_vehicles
+from agnet.data.synth.world import STAGING_OWNER, make_vehicles, release_looks
 from agnet.data.vehicleid import read_vehicleid
 from agnet.data.veri import junk_rule_index, read_veri
 from agnet.data.verify import verify_dataset
@@ -141,3 +150,157 @@ def test_many_vehicles_share_colour_and_type():
     assert shared >= 60
     assert len(set(combos)) >= 10  # but not one big class either
     assert len({v.color for v in fleet}) >= 5
+
+
+# ------------------------------------------------------------------------- release-size twins (issue 13)
+
+
+def test_allocate_is_exact_bounded_and_refuses_the_impossible():
+    rng = np.random.default_rng(0)
+    counts = allocate(rng, 1_000, 40, 11, 60)
+    assert counts.sum() == 1_000 and counts.min() >= 11 and counts.max() <= 60
+    low = np.arange(1, 11)
+    counts = allocate(rng, 100, 10, low, 20)
+    assert counts.sum() == 100 and np.all(counts >= low)
+    with pytest.raises(AgnetError, match="cannot split"):
+        allocate(rng, 100, 10, 11, 60)
+
+
+def test_full_size_veri_plan_has_the_release_counts_exactly():
+    target = veri_target(1.0)
+    plans = plan_veri(np.random.default_rng(5), target)
+    train = [p for p in plans if p.train]
+    test = [p for p in plans if not p.train]
+    assert (len(train), len(test)) == (576, 200)
+    assert sum(sum(p.images_per_camera) for p in train) == VERI_PUBLISHED["train"]["images"] == 37_778
+    assert sum(sum(p.images_per_camera) for p in test) == VERI_PUBLISHED["gallery"]["images"] == 11_579
+    assert sum(len(p.images_per_camera) for p in test) + 1 == VERI_PUBLISHED["query"]["images"] == 1_678
+    assert all(2 <= len(p.images_per_camera) <= 18 and min(p.images_per_camera) >= 1 for p in plans)
+    assert all(11 <= sum(p.images_per_camera) <= 289 for p in train)
+    assert all(11 <= sum(p.images_per_camera) <= 202 for p in test)
+    assert all(len(p.images_per_camera) <= 19 for p in test)  # the 20th camera is training-only
+
+
+def test_full_size_vehicleid_plan_has_the_release_counts_and_label_coverage():
+    target = vehicleid_target(1.0)
+    plan = plan_vehicleid(np.random.default_rng(5), target)
+    train = plan.images[: target.train_vehicles]
+    assert (len(train), int(train.sum())) == (13_164, 113_346)
+    assert target.test_sizes == (800, 1600, 2400, 3200, 6000, 13_164)
+    test = plan.images[target.train_vehicles :]
+    for size, images in zip(target.test_sizes, target.test_images):
+        assert int(test[:size].sum()) == images
+    for size, images in VEHICLEID_PUBLISHED["test_images"].items():
+        assert int(test[:size].sum()) == images
+    assert int(plan.images.sum()) == 221_567 and len(plan.images) == 26_328
+    assert plan.images.min() >= 2
+    assert (int(plan.model_labelled.sum()), int(plan.color_labelled.sum())) == (10_309, 10_086)
+    assert not np.any(plan.color_labelled & ~plan.model_labelled)
+    assert not plan.model_labelled[target.train_vehicles : target.train_vehicles + 800].any()  # list 800: none
+    assert tuple(np.bincount(plan.color[plan.color_labelled], minlength=7)) == (2_862, 86, 1_726, 673, 2_193, 2_507, 39)
+    assert len(set(plan.model[plan.model_labelled].tolist())) == 228 and plan.model.max() < 250
+
+
+def test_release_crops_follow_the_documented_profile():
+    rng = np.random.default_rng(0)
+    for fmt in ("veri", "vehicleid"):
+        crops = RELEASE_CROPS[fmt]
+        sizes = np.array([look.crop_px for look in release_looks(rng, 400, "any", fmt)])
+        assert abs(np.median(sizes) / crops["median_px"] - 1) < 0.1
+        assert sizes.min() >= crops["min_px"] and sizes.max() <= crops["max_px"]
+
+
+@pytest.fixture
+def small_crops(monkeypatch):
+    """Release-size twins with tiny crops: the counts logic is what is tested, not the pixels."""
+    for fmt in ("veri", "vehicleid"):
+        monkeypatch.setitem(RELEASE_CROPS, fmt, {**RELEASE_CROPS[fmt], "median_px": 40, "min_px": 24, "max_px": 60})
+
+
+def _scaled_published(monkeypatch, veri=None, vehicleid=None):
+    """Make ``verify --strict`` expect a scaled target's counts (the release's at scale 1)."""
+    if veri is not None:
+        monkeypatch.setattr(verify_module, "VERI_PUBLISHED", {
+            "train": {"images": veri.train_images, "identities": veri.train_vehicles},
+            "query": {"images": veri.query_images, "identities": veri.test_vehicles},
+            "gallery": {"images": veri.test_images, "identities": veri.test_vehicles},
+        })
+    if vehicleid is not None:
+        monkeypatch.setattr(verify_module, "VEHICLEID_PUBLISHED", {
+            "train": {"images": vehicleid.train_images, "identities": vehicleid.train_vehicles},
+            "test_images": dict(zip(vehicleid.test_sizes[:3], vehicleid.test_images[:3])),
+        })
+
+
+def test_scaled_release_veri_twin_meets_its_target_exactly(tmp_path, small_crops, monkeypatch):
+    assert main(["data", "synth", "veri", str(tmp_path / "VeRi"), "--release-scale", "0.01", "--workers", "1"]) == 0
+    target = veri_target(0.01)
+    _scaled_published(monkeypatch, veri=target)
+    report = verify_dataset("veri", tmp_path / "VeRi", strict=True)
+    assert report["valid"], (report["errors"], report["strict"]["deviations"])
+    data = read_veri(tmp_path / "VeRi")
+    pairs = {(i.vehicle_id, i.camera_id) for i in data.split("gallery")}
+    query_pairs = [(i.vehicle_id, i.camera_id) for i in data.split("query")]
+    assert set(query_pairs) == pairs and len(query_pairs) == len(pairs) + 1 == target.query_images
+    assert target.cameras - 1 not in {i.camera_id for i in data.split("gallery")}  # c020: training only
+    assert (data.gt_index, data.jk_index) == junk_rule_index(data)
+
+
+def test_scaled_release_vehicleid_twin_meets_its_target_exactly(tmp_path, small_crops, monkeypatch):
+    assert main(["data", "synth", "vehicleid", str(tmp_path / "VID"), "--release-scale", "0.003",
+                 "--workers", "1"]) == 0
+    target = vehicleid_target(0.003)
+    _scaled_published(monkeypatch, vehicleid=target)
+    report = verify_dataset("vehicleid", tmp_path / "VID", strict=True)
+    assert report["valid"], (report["errors"], report["strict"]["deviations"])
+    assert [(int(k), v["images"]) for k, v in report["test_lists"].items()] == list(
+        zip(target.test_sizes, target.test_images))
+    data = read_vehicleid(tmp_path / "VID")
+    model = {i.vehicle_id for i in data.images if i.type_id is not None}
+    colour = {i.vehicle_id for i in data.images if i.color_id is not None}
+    assert (len(model), len(colour)) == (target.model_labelled, target.color_labelled) and colour <= model
+    assert not model & set(data.test_lists[target.test_sizes[0]])
+
+
+def test_release_options_refuse_counts_the_release_fixes(tmp_path, capsys):
+    assert main(["data", "synth", "veri", str(tmp_path / "t"), "--release", "--vehicles", "50"]) == 1
+    assert "--vehicles cannot be combined with --release" in capsys.readouterr().err
+    assert main(["data", "synth", "veri", str(tmp_path / "t"), "--release-scale", "1.5"]) == 1
+    assert "--release-scale must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------- killed runs leave nothing behind (issue 12)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_staging_folder_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
+    stale = tmp_path / ".t.staging-abc123"
+    (stale / "image_train").mkdir(parents=True)
+    (stale / STAGING_OWNER).write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+    alive = tmp_path / ".t.staging-live"  # a run still in progress is left alone
+    alive.mkdir()
+    (alive / STAGING_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    synth_veri(tmp_path / "t", vehicles=6, cameras=3, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.staging-live", "t"]
+    assert not (tmp_path / "t" / STAGING_OWNER).exists()
+
+
+def test_sigkilled_synth_leaves_a_staging_folder_that_the_rerun_removes(tmp_path):
+    out = tmp_path / "VeRi"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "agnet", "data", "synth", "veri", str(out), "--vehicles", "200",
+                             "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".VeRi.staging-*/image_*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".VeRi.staging-*")) and not out.exists()
+    synth_veri(out, vehicles=6, cameras=3, workers=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["VeRi"]

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from agnet.config import validate_config  # noqa: E402  (needs the checkout on sys.path)
-from agnet.data.constants import twin_test_sizes  # noqa: E402
+from agnet.data.constants import release_twin_test_size, twin_test_sizes  # noqa: E402
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.train.settings import resolve_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -63,6 +63,18 @@ def fetch_args(wildcards):
     return args
 
 
+def synth_size_args(wildcards):
+    """`agnet data synth` size flags: release-size (`release_scale`) or vehicles and cameras."""
+    entry = dataset(wildcards)
+    source = entry["source"]
+    if "release_scale" not in source:
+        return f"--vehicles {source['vehicles']} --cameras {source['cameras']}"
+    args = f"--release-scale {source['release_scale']}"
+    if entry["format"] == "vehicleid" and "cameras" in source:  # VeRi's 20 cameras are the release's
+        args += f" --cameras {source['cameras']}"
+    return args
+
+
 def variant_settings(wildcards):
     """Resolved training settings of the {variant} wildcard (a change re-triggers training)."""
     return resolve_settings(config, wildcards.variant).to_dict()
@@ -87,7 +99,10 @@ def protocols(ds):
     evaluation = config["evaluation"]
     if entry["format"] == "veri":
         return ["veri"] + (["veri-str"] if evaluation["str"]["enabled"] else [])
-    if entry["source"]["kind"] == "synthetic":
+    if "release_scale" in entry["source"]:  # the twin's lists standing for the configured release lists
+        scale = entry["source"]["release_scale"]
+        sizes = [release_twin_test_size(size, scale) for size in evaluation["vehicleid_test_sizes"]]
+    elif entry["source"]["kind"] == "synthetic":
         sizes = twin_test_sizes(entry["source"]["vehicles"])
     else:
         sizes = evaluation["vehicleid_test_sizes"]

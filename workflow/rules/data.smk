@@ -24,12 +24,11 @@ rule synthesize:
         runtime=30,
     params:
         fmt=lambda wc: dataset(wc)["format"],
-        vehicles=lambda wc: dataset(wc)["source"]["vehicles"],
-        cameras=lambda wc: dataset(wc)["source"]["cameras"],
+        size=synth_size_args,
         seed=lambda wc: dataset(wc)["source"]["seed"],
     shell:
-        "(python -m agnet data synth {params.fmt} {output.root:q} --vehicles {params.vehicles}"
-        " --cameras {params.cameras} --seed {params.seed} --workers {threads}"
+        "(python -m agnet data synth {params.fmt} {output.root:q} {params.size}"
+        " --seed {params.seed} --workers {threads}"
         " && python -m agnet data fetch {params.fmt} --directory {output.root:q}"
         " --dest results/data/{wildcards.ds} -o {output.locator:q} --quiet) > {log:q} 2>&1"
 

@@ -18,9 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from agnet.data.constants import VEHICLEID_COLORS, twin_test_sizes
+from agnet.data.constants import RELEASE_CROPS, VEHICLEID_COLORS, twin_test_sizes
 from agnet.data.synth import render
-from agnet.data.synth.world import Shot, check_positive, make_vehicles, render_shots, staged_directory
+from agnet.data.synth.plan import plan_vehicleid, vehicleid_target
+from agnet.data.synth.world import (
+    JPEG_QUALITY,
+    Shot,
+    check_positive,
+    make_vehicles,
+    release_looks,
+    render_shots,
+    staged_directory,
+)
 from agnet.errors import AgnetError
 
 STYLE_NAMES_ZH = {
@@ -43,8 +52,19 @@ def synth_vehicleid(
     models: int = 24,
     labelled_fraction: float = 0.6,
     workers: int | None = None,
+    release_scale: float | None = None,
 ) -> Path:
-    """Write a VehicleID twin with ``vehicles`` identities to ``out_dir`` (built aside, renamed into place)."""
+    """Write a VehicleID twin with ``vehicles`` identities to ``out_dir`` (built aside, renamed into place).
+
+    With ``release_scale`` the counts are the release's times the scale instead (1: exactly 13,164
+    training vehicles / 113,346 images, test lists 800 ... 13,164 with the release's image counts,
+    221,567 images in all, the release's label coverage and colour histogram, 250 model ids of which
+    228 occur; ``vehicles``, ``models`` and ``labelled_fraction`` are then ignored) and crops and
+    JPEG sizes follow the release (constants.RELEASE_CROPS).
+    """
+    if release_scale is not None:
+        check_positive("cameras", cameras, 2)
+        return _synth_release(Path(out_dir), release_scale, cameras, seed, workers)
     check_positive("vehicles", vehicles, 8)
     check_positive("cameras", cameras, 2)
     check_positive("models", models, 1)
@@ -74,6 +94,41 @@ def synth_vehicleid(
         shots = [(f"{int(next(image_numbers)):07d}", int(rng.choice(views))) for _ in range(count)]
         images[index] = sorted(shots, reverse=True)
 
+    _write(out_dir, fleet, train, test, sizes, images, model_labelled, color_labelled, catalogue, looks, seed,
+           workers, JPEG_QUALITY)
+    return out_dir
+
+
+def _synth_release(out_dir: Path, scale: float, cameras: int, seed: int, workers: int | None) -> Path:
+    """The release-size twin: exact planned counts (plan.plan_vehicleid), release-like crops."""
+    target = vehicleid_target(scale)
+    rng = np.random.default_rng([seed, 26_328])
+    looks = release_looks(rng, cameras, "front_rear", "vehicleid")
+    catalogue = model_catalogue(target.models)
+    plan = plan_vehicleid(rng, target)
+    n = len(plan.images)
+    # vids 0..27,957 in the release (non-contiguous); fleet order = plan order (train, then test lists)
+    vids = rng.permutation(np.sort(rng.choice(np.arange(round(n * 1.062) + 1), size=n, replace=False)))
+    fleet = make_vehicles(rng, vids, VEHICLEID_COLORS, catalogue, classes=list(zip(plan.color, plan.model)))
+    train = list(range(target.train_vehicles))
+    test = list(range(target.train_vehicles, n))
+    numbers = iter(rng.permutation(np.arange(1, max(10**6, 4 * int(plan.images.sum()))))[: int(plan.images.sum())])
+    images: dict[int, list[tuple[str, int]]] = {}
+    for index in range(n):
+        views = rng.choice(cameras, size=2, replace=False)
+        picks = rng.choice(views, size=int(plan.images[index]))
+        shots = [(f"{int(next(numbers)):07d}", int(camera)) for camera in picks]
+        images[index] = sorted(shots, reverse=True)
+    _write(out_dir, fleet, train, test, list(target.test_sizes), images, set(np.flatnonzero(plan.model_labelled)),
+           set(np.flatnonzero(plan.color_labelled)), catalogue, looks, seed, workers,
+           RELEASE_CROPS["vehicleid"]["jpeg_quality"])
+    return out_dir
+
+
+def _write(out_dir, fleet, train, test, sizes, images, model_labelled, color_labelled, catalogue, looks, seed,
+           workers, quality) -> None:
+    """Every list, attribute and image file of the release layout."""
+    vehicles = len(fleet)
     with staged_directory(out_dir) as build:
         split_dir, attr_dir = build / "train_test_split", build / "attribute"
         split_dir.mkdir()
@@ -105,5 +160,4 @@ def synth_vehicleid(
             for index in range(vehicles)
             for name, camera in images[index]
         ]
-        render_shots(shots, fleet, looks, seed, workers)
-    return out_dir
+        render_shots(shots, fleet, looks, seed, workers, quality)

@@ -19,15 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from agnet.data.constants import VERI_COLORS, VERI_TYPEID_ZERO_FIX, VERI_TYPES
+from agnet.data.constants import RELEASE_CROPS, VERI_COLORS, VERI_TYPEID_ZERO_FIX, VERI_TYPES
 from agnet.data.synth import render
+from agnet.data.synth.plan import plan_veri, veri_target
 from agnet.data.synth.world import (
+    JPEG_QUALITY,
     Shot,
     arrival_times,
     camera_distances,
     camera_positions,
     check_positive,
     make_vehicles,
+    release_looks,
     render_shots,
     route,
     staged_directory,
@@ -47,15 +50,48 @@ def _xml(items: list[tuple[str, int, int, int, int]]) -> bytes:
     return "\n".join(lines).encode("gb2312")
 
 
-def synth_veri(out_dir: str | Path, vehicles: int = 100, cameras: int = 20, seed: int = 0, workers: int | None = None) -> Path:
+def synth_veri(
+    out_dir: str | Path,
+    vehicles: int = 100,
+    cameras: int = 20,
+    seed: int = 0,
+    workers: int | None = None,
+    release_scale: float | None = None,
+) -> Path:
     """Write a VeRi-776 twin with ``vehicles`` identities and ``cameras`` cameras to ``out_dir``.
 
+    With ``release_scale`` the counts are the release's times the scale instead (1: exactly
+    37,778 / 1,678 / 11,579 images of 576 + 200 vehicles, 20 cameras; ``vehicles`` and ``cameras``
+    are then ignored) and crops and JPEG sizes follow the release (constants.RELEASE_CROPS).
     The directory is built beside ``out_dir`` and renamed into place at the end; an existing
     non-empty ``out_dir`` is an error (nothing is overwritten).
     """
+    out_dir = Path(out_dir)
+    if release_scale is not None:
+        world = _release_world(release_scale, seed)
+    else:
+        world = _small_world(vehicles, cameras, seed)
+    fleet, records, query, tracks, dist, train_ids, looks, quality = world
+
+    with staged_directory(out_dir) as build:
+        _write_files(build, fleet, records, query, tracks, dist, train_ids)
+        shots = []
+        for split in ("train", "test"):
+            for name in sorted(records[split]):
+                index, camera, _ = records[split][name]
+                shots.append(Shot(build / f"image_{split}" / name, index, camera, len(shots)))
+        render_shots(shots, fleet, looks, seed, workers, quality)
+        # Query images are byte-identical copies of their test images, as in the release.
+        (build / "image_query").mkdir()
+        for name in query:
+            shutil.copyfile(build / "image_test" / name, build / "image_query" / name)
+    return out_dir
+
+
+def _small_world(vehicles: int, cameras: int, seed: int):
+    """The small twin: random counts (2..8 cameras and 2..6 frames per camera per vehicle)."""
     check_positive("vehicles", vehicles, 4)
     check_positive("cameras", cameras, 2)
-    out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
 
     positions = camera_positions(rng, cameras)
@@ -91,20 +127,55 @@ def synth_veri(out_dir: str | Path, vehicles: int = 100, cameras: int = 20, seed
     for name, (index, camera, _) in sorted(records["test"].items()):
         pairs.setdefault((index, camera), []).append(name)
     query = sorted(str(rng.choice(names)) for names in pairs.values())
+    return fleet, records, query, tracks, dist, train_ids, looks, JPEG_QUALITY
 
-    with staged_directory(out_dir) as build:
-        _write_files(build, fleet, records, query, tracks, dist, train_ids)
-        shots = []
-        for split in ("train", "test"):
-            for name in sorted(records[split]):
-                index, camera, _ = records[split][name]
-                shots.append(Shot(build / f"image_{split}" / name, index, camera, len(shots)))
-        render_shots(shots, fleet, looks, seed, workers)
-        # Query images are byte-identical copies of their test images, as in the release.
-        (build / "image_query").mkdir()
-        for name in query:
-            shutil.copyfile(build / "image_test" / name, build / "image_query" / name)
-    return out_dir
+
+TRACK_FRAMES = 6  # "each track contains about 6 images of the same vehicle captured by one camera"
+
+
+def _release_world(scale: float, seed: int):
+    """The release-size twin: exact planned counts (plan.plan_veri), release-like crops."""
+    target = veri_target(scale)
+    rng = np.random.default_rng([seed, 776])
+    dist = camera_distances(camera_positions(rng, target.cameras))
+    looks = release_looks(rng, target.cameras, "any", "veri")
+    plans = plan_veri(rng, target)
+    ids = [int(v) for v in rng.permutation(np.arange(1, len(plans) + 1))]  # plan order: train first
+    train_ids = set(ids[: target.train_vehicles])
+    fleet = make_vehicles(rng, ids, VERI_COLORS, [(s, 0) for s in VERI_TYPES])
+    test_dist = dist[: target.cameras - 1, : target.cameras - 1]  # the last camera: training only
+
+    records: dict[str, dict[str, tuple[int, int, int]]] = {"train": {}, "test": {}}
+    tracks = []
+    pair_names: list[list[str]] = []
+    for plan, vehicle in zip(plans, fleet):
+        split = "train" if plan.train else "test"
+        path = route(rng, dist if plan.train else test_dist, len(plan.images_per_camera))
+        for camera, start, count in zip(path, arrival_times(rng, dist, path), plan.images_per_camera):
+            names = []
+            passes = -(-count // TRACK_FRAMES)
+            for p in range(passes):  # more images than one track holds: later passes by the same camera
+                frames = count // passes + (p < count % passes)
+                begin = start + p * 5 * round(rng.uniform(900, 3600) / 5)
+                track = []
+                for frame in range(frames):
+                    timestamp = begin + 5 * frame
+                    k = 0 if rng.random() < 0.9 else 1
+                    name = f"{vehicle.vehicle_id:04d}_c{camera + 1:03d}_{timestamp:08d}_{k}.jpg"
+                    assert name not in records[split], name
+                    records[split][name] = (plan.index, camera, timestamp)
+                    track.append(name)
+                if split == "test":
+                    tracks.append((f"{vehicle.vehicle_id:04d}_c{camera + 1:03d}_t{len(tracks):04d}", track))
+                names += track
+            if split == "test":
+                pair_names.append(sorted(names))
+    # One query per (vehicle, camera) pair and a second one for one pair, as in the release.
+    query = [str(rng.choice(names)) for names in pair_names]
+    doubles = [i for i, names in enumerate(pair_names) if len(names) > 1]
+    twice = pair_names[int(rng.choice(doubles))]
+    query.append(str(rng.choice([n for n in twice if n not in query])))
+    return fleet, records, sorted(query), tracks, dist, train_ids, looks, RELEASE_CROPS["veri"]["jpeg_quality"]
 
 
 def _write_files(root: Path, fleet, records, query, tracks, dist: np.ndarray, train_ids: set[int]) -> None:
@@ -135,10 +206,13 @@ def _write_files(root: Path, fleet, records, query, tracks, dist: np.ndarray, tr
     (root / "camera_Dist.txt").write_bytes("\r\n".join(" ".join(str(x) for x in row) for row in upper).encode())
 
     position = {name: i + 1 for i, name in enumerate(test_names)}
+    by_vehicle: dict[int, list[str]] = {}
+    for name in test_names:
+        by_vehicle.setdefault(records["test"][name][0], []).append(name)
     gt_lines, jk_lines = [], []
     for name in query:
         q_index, q_camera, _ = records["test"][name]
-        same = [n for n in test_names if records["test"][n][0] == q_index]
+        same = by_vehicle[q_index]
         gt_lines.append("".join(f"{position[n]} " for n in same if records["test"][n][1] != q_camera))
         jk_lines.append("".join(f"{position[n]} " for n in same if records["test"][n][1] == q_camera))
     (root / "gt_index.txt").write_text("".join(f"{line}\n" for line in gt_lines))
