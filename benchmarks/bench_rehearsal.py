@@ -95,7 +95,9 @@ def _python(*args: str) -> list[str]:
 
 
 def _count_bytes(root: Path) -> dict:
-    sizes = [p.stat().st_size for p in root.rglob("*.jpg")]
+    sizes = [p.stat().st_size for p in root.rglob("*.jpg")] if root.is_dir() else []
+    if not sizes:
+        return {}
     return {"jpeg_files": len(sizes), "jpeg_mean_kb": round(sum(sizes) / len(sizes) / 1000, 1),
             "jpeg_total_gb": round(sum(sizes) / 1e9, 2)}
 

@@ -154,9 +154,11 @@ def _release_world(scale: float, seed: int):
         for camera, start, count in zip(path, arrival_times(rng, dist, path), plan.images_per_camera):
             names = []
             passes = -(-count // TRACK_FRAMES)
+            begin = start
             for p in range(passes):  # more images than one track holds: later passes by the same camera
                 frames = count // passes + (p < count % passes)
-                begin = start + p * 5 * round(rng.uniform(900, 3600) / 5)
+                if p:
+                    begin += 5 * TRACK_FRAMES + 5 * round(rng.uniform(900, 3600) / 5)
                 track = []
                 for frame in range(frames):
                     timestamp = begin + 5 * frame
