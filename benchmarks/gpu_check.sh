@@ -2,7 +2,7 @@
 # GPU check (issue 13): at most ~8 minutes on one CUDA machine. Measures
 #   * training images/s of AGNet-ResNet-50 at 224 x 224, batch 32, with AMP on/off x channels_last on/off,
 #     JPEG decoding vs the decoded-image cache, 8 loader workers, and the data-wait share (the real loop);
-#   * extraction images/s (every query and test image of a VeRi-size twin);
+#   * extraction images/s (every query, test and held-out image of a VeRi-size twin);
 #   * the whole VeRi-size evaluation (veri and veri-str, descriptor All) with the features just extracted;
 # records the versions it ran with and writes everything to OUT/gpu_check.json (and, with --write, the
 # "GPU check" section of docs/benchmarks.md).
@@ -44,6 +44,11 @@ if ! "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-index 
   SITE="$REPO"
 else
   SITE="$OUT/site"
+  # Until the config schema ships inside the package, the installed copy looks for it beside itself.
+  if [ ! -f "$SITE/workflow/schemas/config.schema.yaml" ]; then
+    mkdir -p "$SITE/workflow/schemas"
+    cp "$REPO/workflow/schemas/config.schema.yaml" "$SITE/workflow/schemas/"
+  fi
 fi
 export PYTHONPATH="$SITE:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 cd "$OUT"  # `python -` and `python -m` put the working directory first on sys.path: not the checkout
@@ -77,13 +82,16 @@ print(json.dumps(versions))
 EOF
 
 # 3. Its own twins: a VeRi-size twin for extraction + evaluation (release crops), a smaller one for training.
-if [ "$SHRINK" = 1 ]; then EVAL_SCALE=0.005; TRAIN_SCALE=0.005; else EVAL_SCALE=1.0; TRAIN_SCALE=0.1; fi
+# held-out training vehicles on which veri-str tunes its weight: config.yaml's 50 for VeRi (1 when shrunk)
+if [ "$SHRINK" = 1 ]; then EVAL_SCALE=0.005; TRAIN_SCALE=0.005; HOLDOUT=1; else EVAL_SCALE=1.0; TRAIN_SCALE=0.1; HOLDOUT=50; fi
 for name_scale in "eval:$EVAL_SCALE" "train:$TRAIN_SCALE"; do
   name="${name_scale%%:*}"; scale="${name_scale#*:}"
   if [ ! -f "$OUT/$name.parquet" ]; then
     rm -rf "$OUT/$name-veri"
     "$PYTHON" -m agnet data synth veri "$OUT/$name-veri" --release-scale "$scale" > "$OUT/synth-$name.log"
-    "$PYTHON" -m agnet data manifest veri "$OUT/$name-veri" -o "$OUT/$name.parquet" > "$OUT/manifest-$name.log"
+    holdout=$([ "$name" = eval ] && echo "$HOLDOUT" || echo 0)
+    "$PYTHON" -m agnet data manifest veri "$OUT/$name-veri" -o "$OUT/$name.parquet" \
+      --holdout-vehicles "$holdout" > "$OUT/manifest-$name.log"
   fi
 done
 
@@ -117,12 +125,12 @@ agnet = [sys.executable, "-m", "agnet"]
 repo_config = ["--config", str(Path(sys.argv[4]) / "config.yaml")]  # the protocol's settings, then the check's
 start = time.perf_counter()
 subprocess.run([*agnet, "extract", *repo_config, "--config", str(config), "--model", str(model), "--manifest",
-                str(out / "eval.parquet"), "--out", str(out / "features.pt"), "--with-train", "--device", device,
+                str(out / "eval.parquet"), "--out", str(out / "features.pt"), "--device", device,
                 "--no-progress"], check=True)
 extract_s = time.perf_counter() - start
 import pandas as pd
-frame = pd.read_parquet(out / "eval.parquet", columns=["split"])
-images = int((frame["split"] != "train").sum()) + min(3000, int((frame["split"] == "train").sum()))
+frame = pd.read_parquet(out / "eval.parquet", columns=["split", "path"])
+images = int(frame.loc[frame["split"] != "train", "path"].nunique())  # what `agnet extract` extracts
 evaluation = {}
 for protocol in ("veri", "veri-str"):
     start = time.perf_counter()

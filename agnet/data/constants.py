@@ -130,3 +130,10 @@ def release_twin_test_size(size: int, scale: float) -> int:
 
     target = vehicleid_target(scale)
     return target.test_sizes[list(VEHICLEID_RELEASE["test_list_images"]).index(size)]
+
+
+def synthetic_stand_ins(source: dict) -> dict[int, int]:
+    """Paper test size -> test list (vehicles) of a synthetic VehicleID twin, from its config ``source``."""
+    if "release_scale" in source:
+        return {size: release_twin_test_size(size, source["release_scale"]) for size in PAPER_TEST_SIZES}
+    return twin_stand_ins(source["vehicles"])

@@ -16,7 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from agnet.atomic import write_text
-from agnet.data.constants import twin_stand_ins
+from agnet.data.constants import synthetic_stand_ins
 from agnet.errors import AgnetError
 from agnet.report.paper import load_paper, parse_value
 
@@ -199,7 +199,7 @@ def contexts_from_config(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         contexts.setdefault(entry["format"], {
             "dataset": name, "synthetic": synthetic, "seeds": len(config["seeds"]),
             "trials": evaluation["vehicleid_trials"], "distance": distance,
-            "stand_ins": twin_stand_ins(entry["source"]["vehicles"])
+            "stand_ins": synthetic_stand_ins(entry["source"])
             if synthetic and entry["format"] == "vehicleid" else None,
         })
     return contexts
