@@ -70,7 +70,8 @@ def synth_size_args(wildcards):
     if "release_scale" not in source:
         return f"--vehicles {source['vehicles']} --cameras {source['cameras']}"
     args = f"--release-scale {source['release_scale']}"
-    if entry["format"] == "vehicleid" and "cameras" in source:  # VeRi's 20 cameras are the release's
+    # VeRi's 20 cameras are the release's; VehicleID's viewpoint cameras may be chosen
+    if entry["format"] == "vehicleid" and "cameras" in source:
         args += f" --cameras {source['cameras']}"
     return args
 
@@ -99,9 +100,13 @@ def protocols(ds):
     evaluation = config["evaluation"]
     if entry["format"] == "veri":
         return ["veri"] + (["veri-str"] if evaluation["str"]["enabled"] else [])
-    if "release_scale" in entry["source"]:  # the twin's lists standing for the configured release lists
+    if "release_scale" in entry["source"]:
+        # the twin's lists standing for the configured release lists
         scale = entry["source"]["release_scale"]
-        sizes = [release_twin_test_size(size, scale) for size in evaluation["vehicleid_test_sizes"]]
+        sizes = [
+            release_twin_test_size(size, scale)
+            for size in evaluation["vehicleid_test_sizes"]
+        ]
     elif entry["source"]["kind"] == "synthetic":
         sizes = twin_test_sizes(entry["source"]["vehicles"])
     else:
