@@ -25,20 +25,20 @@ module only when a negative ties a match exactly.)
 
 **Algorithm (no per-query sort of the gallery).** The ranks above are all CMC and AP need, and
 ``r_j = j + N_j`` with ``N_j`` the number of non-junk negatives whose distance is ``<=`` the j-th smallest
-true-match distance ``p_j``. Per chunk of queries:
+true-match distance ``p_j``; ``N_j = C(p_j) −`` (same-id entries ``<= p_j``) with ``C(p)`` the number of gallery
+entries ``<= p``. Per chunk of queries:
 
 1. gather each query's same-id gallery entries through an id index built once (no Q×G id comparison), split them
    into true matches and junk by camera, sort only the P true-match distances;
-2. *candidates* = the entries with distance ``<=`` the query's largest true-match distance: anything farther
-   cannot precede a match (for a trained model a few per cent of the gallery; every entry in the worst case);
-3. float32: one sort of 64-bit keys ``(row, order-preserving bits of the distance, tag)`` over the candidates
-   (tag 0), the same-id entries among them (tag 1, cancelling their candidate copy) and the true matches (tag 2,
-   after equal distances → pessimistic ties); ``N_j`` = #tag 0 − #tag 1 before the j-th tag 2 of the row.
-   Other dtypes (float64): a row-batched ``searchsorted`` of the whole chunk into the sorted match distances,
-   ``scatter_add`` and a running sum — exact in float64, about 3× slower.
+2. CPU (NumPy): ``C(p_j)`` for all j from one bucket histogram per row (see :func:`_hist_round`): a monotone
+   quantiser over the row's match range, one ``bincount``, and an exact split of each match's own bucket by
+   comparing with that match — a fixed handful of passes over a cache-sized block of rows, whatever the ranking.
+   When the candidates (entries ``<=`` the largest match distance) are a small share of the chunk (a good
+   ranking), sorting just those is cheaper and is used instead;
+3. elsewhere (CUDA): a row-batched ``torch.searchsorted`` of the whole chunk into the sorted match distances,
+   ``scatter_add`` and a running sum — one pass, independent of the ranking too.
 
-Memory is bounded by the chunk. On CPU the sparse step runs in NumPy (its vectorised sort and compaction beat
-torch's several times there), elsewhere the same steps run in torch (CUDA).
+Memory is bounded by the chunk; on a GPU only the ranks of the true matches come back to the host.
 
 Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc, mAP)``), :func:`pairwise_distance`,
 :func:`evaluate_features` (features → metrics in query chunks, never holding the whole Q×G matrix).
