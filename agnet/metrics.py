@@ -25,20 +25,20 @@ module only when a negative ties a match exactly.)
 
 **Algorithm (no per-query sort of the gallery).** The ranks above are all CMC and AP need, and
 ``r_j = j + N_j`` with ``N_j`` the number of non-junk negatives whose distance is ``<=`` the j-th smallest
-true-match distance ``p_j``. Per chunk of queries:
+true-match distance ``p_j``; ``N_j = C(p_j) −`` (same-id entries ``<= p_j``) with ``C(p)`` the number of gallery
+entries ``<= p``. Per chunk of queries:
 
 1. gather each query's same-id gallery entries through an id index built once (no Q×G id comparison), split them
    into true matches and junk by camera, sort only the P true-match distances;
-2. *candidates* = the entries with distance ``<=`` the query's largest true-match distance: anything farther
-   cannot precede a match (for a trained model a few per cent of the gallery; every entry in the worst case);
-3. float32: one sort of 64-bit keys ``(row, order-preserving bits of the distance, tag)`` over the candidates
-   (tag 0), the same-id entries among them (tag 1, cancelling their candidate copy) and the true matches (tag 2,
-   after equal distances → pessimistic ties); ``N_j`` = #tag 0 − #tag 1 before the j-th tag 2 of the row.
-   Other dtypes (float64): a row-batched ``searchsorted`` of the whole chunk into the sorted match distances,
-   ``scatter_add`` and a running sum — exact in float64, about 3× slower.
+2. CPU (NumPy): ``C(p_j)`` for all j from one bucket histogram per row (see :func:`_hist_round`): a monotone
+   quantiser over the row's match range, one ``bincount``, and an exact split of each match's own bucket by
+   comparing with that match — a fixed handful of passes over a cache-sized block of rows, whatever the ranking.
+   When the candidates (entries ``<=`` the largest match distance) are a small share of the chunk (a good
+   ranking), sorting just those is cheaper and is used instead;
+3. elsewhere (CUDA): a row-batched ``torch.searchsorted`` of the whole chunk into the sorted match distances,
+   ``scatter_add`` and a running sum — one pass, independent of the ranking too.
 
-Memory is bounded by the chunk. On CPU the sparse step runs in NumPy (its vectorised sort and compaction beat
-torch's several times there), elsewhere the same steps run in torch (CUDA).
+Memory is bounded by the chunk; on a GPU only the ranks of the true matches come back to the host.
 
 Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc, mAP)``), :func:`pairwise_distance`,
 :func:`evaluate_features` (features → metrics in query chunks, never holding the whole Q×G matrix).
@@ -155,6 +155,9 @@ class _GalleryIndex:
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         self.cams = None if g_cams is None else g_cams.to(device)
 
+    def cams_np(self) -> np.ndarray:
+        return self.cams.numpy()
+
     def members(self, q_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) ids → gallery indices (B, M) of the same-id entries and their validity mask (B, M)."""
         b = q_ids.shape[0]
@@ -169,13 +172,153 @@ class _GalleryIndex:
         pos = torch.where(valid, self.starts[slot][:, None] + ar[None, :], 0)
         return self.order[pos], valid
 
+    def members_np(self, q_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`members` in NumPy (CPU index only)."""
+        if not hasattr(self, "_np"):
+            self._np = tuple(t.numpy() for t in (self.order, self.uniq, self.counts, self.starts))
+        order, uniq, counts, starts = self._np
+        b = q_ids.shape[0]
+        if uniq.size == 0 or b == 0:
+            return np.zeros((b, 0), np.int64), np.zeros((b, 0), np.bool_)
+        slot = np.minimum(np.searchsorted(uniq, q_ids), uniq.size - 1)
+        count = np.where(uniq[slot] == q_ids, counts[slot], 0)
+        ar = np.arange(int(count.max()))
+        valid = ar[None, :] < count[:, None]
+        return order[np.where(valid, starts[slot][:, None] + ar[None, :], 0)], valid
 
-# Sparse path. Keys: (row << 34) | (order-preserving int32 of the float32 value << 2) | tag, so one sort orders
-# by query, then distance, then tag: 0 = candidate (any entry <= the query's largest true-match distance),
-# 1 = same-id entry among the candidates (cancels its candidate copy), 2 = true match (after equal distances:
-# pessimistic ties). The ranks follow from counting tags before each tag 2.
-# Written twice with the same steps: NumPy on CPU (its vectorised sort and compaction are several times faster
-# than torch's there) and torch elsewhere (CUDA).
+
+# CPU path (NumPy): exact counts C[r, j] = #{g : d[r, g] <= p_j} by a per-row bucket histogram.
+#
+# Each row's distances are mapped by a monotone quantiser q(d) = clip(floor((d - lo)·s + base)) onto K buckets
+# spanning the row's (unresolved) true-match distances, and counted with one bincount: an entry in a bucket below
+# q(p_j) is < p_j, one in a bucket above it is > p_j (monotone rounding), so only p_j's own bucket is ambiguous.
+# That bucket is split exactly: every entry is compared with the smallest match value of its bucket (a table
+# look-up; +inf for buckets without a match, so the comparison is false there) and the entries above it are
+# counted apart. A match that shares its bucket with a smaller *distinct* match value (rare with K ≫ P) is left
+# to a next round whose grid spans only the unresolved values of that row; whatever is left after a few rounds,
+# and ±inf matches, are counted directly (one comparison of the row). NaN goes to the top bucket, which never
+# resolves a match, so a NaN entry is never counted. The work per entry is a fixed handful of vectorised passes
+# over a cache-sized block of rows, whatever the ranking looks like.
+
+_HIST_BUCKETS = 4096  # buckets per row
+_HIST_BLOCK = 1 << 18  # entries per block of rows (the temporaries stay in cache)
+_HIST_ROUNDS = 3
+_SPARSE_BELOW = 0.25  # below this share of candidates per chunk, sort the candidates instead (float32)
+_COMPACT_BELOW = 0.4  # below this share of entries under the top bucket, only those are gathered and counted
+
+
+class _Workspace:
+    """Reusable NumPy buffers for the CPU path: fresh multi-megabyte temporaries per block cost more in page
+    faults (the allocator hands large blocks back to the OS) than the arithmetic on them."""
+
+    def __init__(self):
+        self._bufs: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, n: int, dtype) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = self._bufs[key] = np.empty(n + n // 4 + 4096, dtype)
+        return buf[:n]
+
+
+def _quantise(x: np.ndarray, lo, hi, scale, base, top, out: np.ndarray) -> np.ndarray:
+    """Bucket (as float) of each entry of x (rows × cols), NaN → top. Monotone in x, and the same float
+    operations for the gallery entries and the match values, so equal values land in the same bucket."""
+    if float(np.max(np.maximum(np.abs(lo), np.abs(hi)) * scale, initial=0)) < 2.0**20:
+        np.multiply(x, scale, out=out)  # x·s + (base − lo·s): rounding costs well under a bucket here
+        np.add(out, base - lo * scale, out=out)
+    else:  # far from zero compared with the spread: subtract first
+        np.subtract(x, lo, out=out)
+        np.multiply(out, scale, out=out)
+        np.add(out, base, out=out)
+    np.clip(out, base - 1, top, out=out)
+    if np.isnan(np.add.reduce(out, axis=None)):  # after clipping only a NaN can make the sum NaN
+        np.copyto(out, np.broadcast_to(top, out.shape), where=np.isnan(out))
+    return out
+
+
+def _hist_round(d, rows, pv, todo, count, ws: _Workspace) -> None:
+    """One histogram round over ``rows`` (sorted indices into d): resolves the entries of ``todo`` it can and
+    writes their C into ``count``."""
+    nb = rows.size
+    ng = d.shape[1]
+    k = _HIST_BUCKETS
+    dt = d.dtype
+    x = d[rows[0] : rows[0] + nb] if rows[-1] - rows[0] == nb - 1 else d[rows]
+    act = todo[rows]
+    vals = pv[rows]
+    lo = np.where(act, vals, np.inf).min(1)
+    hi = np.where(act, vals, -np.inf).max(1)
+    span = hi.astype(np.float64) - lo.astype(np.float64)
+    fi = np.finfo(dt)
+    scale = np.clip((k - 3) / np.where(span > 0, span, 1.0), fi.tiny, fi.max).astype(dt)[:, None]
+    base = (np.arange(nb) * k + 1).astype(dt)[:, None]  # exact integers: nb·K is kept far below 2**24
+    top = base + (k - 2)
+    lo, hi = lo[:, None], hi[:, None]
+    # the match values still to resolve: row-major, so ascending within a row (pv is sorted), buckets too
+    ar, ac = np.nonzero(act)
+    qv = _quantise(vals, lo, hi, scale, base, top, np.empty(vals.shape, dt))[ar, ac].astype(np.intp)
+    va = vals[ar, ac]
+    first = np.ones(qv.size, bool)
+    first[1:] = qv[1:] != qv[:-1]
+    lut = np.full(nb * k, np.inf, dt)  # smallest match value of each bucket, +inf where none
+    lut[qv[first]] = va[first]
+    ok = (va == lut[qv]) & (qv != top[ar, 0].astype(np.intp))  # the top bucket holds the NaNs: never resolved
+    n = nb * ng
+    live = ws.get("live", n, np.bool_).reshape(nb, ng)
+    np.less_equal(x, hi, out=live)  # farther than every match still to resolve (or NaN): never counted
+    n_live = np.count_nonzero(live)
+    if n_live < _COMPACT_BELOW * n:  # a good ranking: few entries are that close, gather and count only those
+        idx = np.flatnonzero(live)
+        per_row = np.diff(np.searchsorted(idx, np.arange(nb + 1) * ng))
+        xv = (x.reshape(-1) if x.flags.c_contiguous else x.ravel()).take(idx)
+        lo_, hi_, scale_, base_, top_ = (np.repeat(a[:, 0], per_row) for a in (lo, hi, scale, base, top))
+        q = _quantise(xv, lo_, hi_, scale_, base_, top_, np.empty(n_live, dt)).astype(np.intp)
+        above = xv > lut.take(q)  # in a match's bucket and farther than that match
+        keys = np.sort(q)
+        over = np.sort(q[above])
+        c = (np.searchsorted(keys, qv, "right") - np.searchsorted(keys, (base - 1)[ar, 0].astype(np.intp))
+             - (np.searchsorted(over, qv, "right") - np.searchsorted(over, qv, "left")))
+    else:
+        f = _quantise(x, lo, hi, scale, base, top, ws.get("f", n, dt).reshape(nb, ng))
+        q32 = ws.get("q32", n, np.int32)
+        np.copyto(q32.reshape(nb, ng), f, casting="unsafe")  # in range and >= 0: truncation is floor
+        q = ws.get("q", n, np.intp)
+        np.copyto(q, q32)
+        t = ws.get("t", n, dt)
+        np.take(lut, q, out=t)
+        above = ws.get("above", n, np.bool_)
+        np.greater(x.reshape(-1) if x.flags.c_contiguous else x.ravel(), t, out=above)  # > its bucket's match
+        hist = np.bincount(q, minlength=nb * k)
+        cum = np.cumsum(hist, out=ws.get("cum", nb * k, np.intp))
+        prev_rows = cum[::k] - hist[::k]  # entries of the rows before
+        c = cum[qv] - prev_rows[ar] - np.bincount(q[np.flatnonzero(above)], minlength=nb * k)[qv]
+    r, j = rows[ar[ok]], ac[ok]
+    count[r, j] = c[ok]
+    todo[r, j] = False
+
+
+def _count_le_np(d: np.ndarray, pv: np.ndarray, sel: np.ndarray, ws: _Workspace) -> np.ndarray:
+    """C (B, M) int64: C[r, j] = #{g : d[r, g] <= pv[r, j]} where sel, 0 elsewhere (NaN entries never count)."""
+    ng = d.shape[1]
+    count = np.zeros(pv.shape, np.int64)
+    finite = np.isfinite(pv)
+    todo = sel & finite
+    step = max(1, min(_HIST_BLOCK // max(ng, 1), (1 << 20) // _HIST_BUCKETS))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow to ±inf: clipped, still in order
+        for _ in range(_HIST_ROUNDS):
+            rows = np.flatnonzero(todo.any(1))
+            for s in range(0, rows.size, step):
+                _hist_round(d, rows[s : s + step], pv, todo, count, ws)
+    rr, jj = np.nonzero(todo | (sel & ~finite))  # left over, and ±inf matches: compare the row directly
+    for s in range(0, rr.size, 64):
+        r, j = rr[s : s + 64], jj[s : s + 64]
+        count[r, j] = np.count_nonzero(d[r] <= pv[r, j][:, None], axis=1)
+    return count
+
+
+# Few candidates (a good ranking): sorting just those is cheaper than the histogram.
 
 
 def _keys_np(rows: np.ndarray, values: np.ndarray, tag: int) -> np.ndarray:
@@ -184,28 +327,12 @@ def _keys_np(rows: np.ndarray, values: np.ndarray, tag: int) -> np.ndarray:
     return (rows.astype(np.int64) << 34) + (bits.astype(np.int64) << 2) + tag
 
 
-def _keys_torch(rows: torch.Tensor, values: torch.Tensor, tag: int) -> torch.Tensor:
-    bits = (values + 0.0).view(torch.int32)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (rows << 34) + (bits.to(torch.int64) << 2) + tag
-
-
-class _Workspace:
-    """Reusable NumPy buffers for the CPU sparse path: fresh multi-megabyte temporaries per chunk cost more in
-    page faults (the allocator hands large blocks back to the OS) than the arithmetic on them."""
-
-    def __init__(self):
-        self._bufs: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, n: int, dtype) -> np.ndarray:
-        buf = self._bufs.get(name)
-        if buf is None or buf.size < n:
-            buf = self._bufs[name] = np.empty(n + n // 4 + 4096, dtype)
-        return buf[:n]
-
-
 def _neg_before_sparse_np(dn, pm, own_rows, own_vals, match_rows, match_vals, ws: _Workspace):
-    """NumPy version of :func:`_neg_before_sparse` (same steps), in place in ``ws`` where possible."""
+    """N_j for the ragged true matches of a float32 chunk by sorting only the *candidates* (entries <= the row's
+    largest true-match distance): one sort of 64-bit keys (row, order-preserving bits of the distance, tag) over
+    the candidates (tag 0), the same-id entries among them (tag 1, cancelling their candidate copy) and the true
+    matches (tag 2, after equal distances: pessimistic ties). Cheaper than the histogram when candidates are few
+    (a good ranking); its cost grows with them, so it is only taken below ``_SPARSE_BELOW``."""
     b, g = dn.shape
     mask = ws.get("mask", b * g, np.bool_).reshape(b, g)
     np.less_equal(dn, pm, out=mask)  # NaN is never a candidate
@@ -242,25 +369,43 @@ def _neg_before_sparse_np(dn, pm, own_rows, own_vals, match_rows, match_vals, ws
     return neg
 
 
-def _neg_before_sparse(d, pmax, own_rows, own_vals, match_rows, match_vals, ws: _Workspace) -> torch.Tensor:
-    """N_j for the ragged true matches (row-major, sorted within the row) of a float32 chunk."""
-    b, g = d.shape
-    if d.device.type == "cpu" and _NUMPY_ON_CPU:
-        return torch.from_numpy(_neg_before_sparse_np(d.numpy(), pmax.numpy(), own_rows.numpy(), own_vals.numpy(),
-                                                      match_rows.numpy(), match_vals.numpy(), ws))
-    flat = torch.nonzero((d <= pmax).reshape(-1)).squeeze(1)  # NaN is never a candidate
-    rows = torch.div(flat, g, rounding_mode="floor")
-    keys = torch.cat([
-        _keys_torch(rows, torch.take(d, flat), 0),
-        _keys_torch(own_rows, own_vals, 1),
-        _keys_torch(match_rows, match_vals, 2),
-    ])
-    tag = torch.sort(keys).values & 3
-    at = torch.nonzero(tag == 2).squeeze(1)
-    ones = torch.cumsum(tag == 1, 0)
-    neg = at - torch.arange(at.numel(), device=at.device) - 2 * ones[at]
-    per_row = torch.bincount(rows, minlength=b) - torch.bincount(own_rows, minlength=b)
-    return neg - (torch.cumsum(per_row, 0) - per_row)[match_rows]
+def _neg_before_np(d, pv, npos, dm, same, junk, ws: _Workspace) -> np.ndarray:
+    """N_j for the ragged true matches (row-major) of a chunk, on CPU: all entries <= p_j minus the same-id ones.
+
+    d (B, G) distances; pv (B, M) sorted true-match distances (NaN → +inf), +inf padding past npos; dm (B, M2) the
+    same-id entries' distances with ``same`` (valid) and ``junk`` (same id and camera) masks."""
+    b, m = pv.shape
+    sel = np.arange(m)[None, :] < npos[:, None]
+    if d.dtype == np.float32 and d.size:
+        pmax = np.where(npos > 0, pv[np.arange(b), np.maximum(npos - 1, 0)], np.nan)[:, None]
+        n_cand = np.count_nonzero(d <= pmax)  # NaN is never a candidate
+        if n_cand < _SPARSE_BELOW * d.size:
+            own = same & (dm <= pmax)
+            own_rows = np.broadcast_to(np.arange(b)[:, None], own.shape)[own]
+            match_rows = np.broadcast_to(np.arange(b)[:, None], sel.shape)[sel]
+            return _neg_before_sparse_np(d, pmax, own_rows, dm[own], match_rows, pv[sel], ws)
+    c_all = _count_le_np(d, pv, sel, ws)
+    # true matches <= p_j: the end of p_j's run of equal values; a NaN match (sorted as +inf) is never <= anything
+    ar = np.broadcast_to(np.arange(m), (b, m))
+    if m:
+        last = np.append(pv[:, 1:] != pv[:, :-1], np.ones((b, 1), bool), axis=1)  # a run ends here …
+        last |= ~np.append(sel[:, 1:], np.zeros((b, 1), bool), axis=1)  # … or the row's matches do
+        ends = np.where(last, ar, m)
+        run_end = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
+    else:
+        run_end = ar
+    nan_pos = (np.isnan(dm) & same & ~junk).sum(1)
+    c_pos = run_end + 1 - np.where(np.isposinf(pv), nan_pos[:, None], 0)
+    # junk <= p_j (few per query)
+    jn = junk.sum(1)
+    width = int(jn.max()) if jn.size else 0
+    if width:
+        order = np.argsort(~junk, axis=1, kind="stable")[:, :width]
+        jv = np.take_along_axis(np.where(junk, dm, np.nan), order, axis=1)
+        c_junk = (jv[:, None, :] <= pv[:, :, None]).sum(2)
+    else:
+        c_junk = 0
+    return (c_all - c_pos - c_junk)[sel]
 
 
 def _neg_before_dense(d, pv, pmax, dm, own, sel, start):
@@ -291,6 +436,9 @@ def _match_ranks(d: torch.Tensor, q_ids: torch.Tensor, q_cams: torch.Tensor | No
     ranks r_1 <= … <= r_P of its true matches among its non-junk gallery — ``row`` (T,) int64 the query (row of
     the chunk) of each, and ``npos`` (B,) int64 the number of true matches P per query (T = Σ P).
     """
+    if d.device.type == "cpu" and _NUMPY_ON_CPU:
+        out = _match_ranks_np(d.numpy(), q_ids.numpy(), None if q_cams is None else q_cams.numpy(), gal, ws)
+        return tuple(torch.from_numpy(x) for x in out)
     b = d.shape[0]
     dev = d.device
     gidx, valid = gal.members(q_ids)
@@ -312,15 +460,30 @@ def _match_ranks(d: torch.Tensor, q_ids: torch.Tensor, q_cams: torch.Tensor | No
     start = torch.cumsum(npos, 0) - npos  # offset of each query's first match in the ragged list
     pmax = pv.gather(1, (npos - 1).clamp_min(0)[:, None])  # (B, 1) largest true-match distance
     pmax = torch.where(npos[:, None] > 0, pmax, torch.nan)  # a skipped query has no candidates
-    own = valid & (dm <= pmax)  # same-id entries among the candidates: their share is removed below
-    # Candidates: every entry <= pmax of its row; anything farther (or NaN) comes after the last true match.
-    if d.dtype == torch.float32:
-        own_rows = rows[:, None].expand_as(dm)[own]
-        neg_before = _neg_before_sparse(d, pmax, own_rows, dm[own], row, pv[sel], ws)
-    else:
-        neg_before = _neg_before_dense(d, pv, pmax, dm, own, sel, start)
+    own = valid & (dm <= pmax)  # same-id entries that could precede a match: their share is removed
+    neg_before = _neg_before_dense(d, pv, pmax, dm, own, sel, start)
     j = torch.arange(total, device=dev) - start[row] + 1
     return (neg_before + j).to(torch.float64), row, npos
+
+
+def _match_ranks_np(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None, gal: _GalleryIndex,
+                    ws: _Workspace):
+    """:func:`_match_ranks` on CPU, in NumPy throughout (small torch ops cost more than their work there)."""
+    b = d.shape[0]
+    gidx, valid = gal.members_np(q_ids)
+    is_pos = valid if q_cams is None else valid & (gal.cams_np()[gidx] != q_cams[:, None])
+    npos = is_pos.sum(1)
+    total = int(npos.sum())
+    if total == 0:
+        return np.zeros(0), np.zeros(0, np.int64), npos
+    dm = np.take_along_axis(d, gidx, axis=1)  # distances of the same-id entries (true matches and junk)
+    pv = np.where(is_pos & ~np.isnan(dm), dm, np.inf)  # a NaN true match is treated as +inf
+    pv.sort(axis=1)  # (B, M): the P sorted match distances, then +inf padding
+    neg_before = _neg_before_np(d, pv, npos, dm, valid, valid & ~is_pos, ws)
+    row = np.repeat(np.arange(b), npos)
+    start = np.cumsum(npos) - npos
+    j = np.arange(total) - start[row] + 1
+    return (neg_before + j).astype(np.float64), row, npos
 
 
 def _finish(parts: list, num_queries: int, max_rank: int, official: bool) -> RankResult:

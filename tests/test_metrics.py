@@ -37,8 +37,14 @@ def reference(dist, q_ids, g_ids, q_cams=None, g_cams=None, max_rank=50) -> dict
     for q in range(nq):
         same = [bool(g_ids[i] == q_ids[q]) for i in range(ng)]
         junk = [same[i] and q_cams is not None and g_cams[i] == q_cams[q] for i in range(ng)]
-        # sort by distance; at equal distance a negative (same=False) first: pessimistic ties
-        order = sorted(range(ng), key=lambda i: (dist[q, i], same[i]))
+        # sort by distance; at equal distance a negative (same=False) first: pessimistic ties. A NaN true match
+        # counts as +inf, a NaN negative comes after everything (Python's sort needs keys without NaN).
+        def key(i, row=dist[q], same=same):
+            if math.isnan(row[i]):
+                return (0, math.inf, True) if same[i] else (1, 0.0, False)
+            return (0, row[i], same[i])
+
+        order = sorted(range(ng), key=key)
         hits = [same[i] for i in order if not junk[i]]
         n_match = sum(hits)
         if n_match == 0:
@@ -86,21 +92,44 @@ def assert_matches_reference(result: RankResult, ref: dict, max_rank: int) -> No
     np.testing.assert_array_equal(result.first_match_rank, ref["first"])
 
 
+# The CPU (NumPy) kernel has several routes that must agree; each test path forces one of them.
+ROUTES = {
+    "sparse": {"_SPARSE_BELOW": 2.0},  # sort the candidates (float32 only)
+    "hist": {"_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 0.0},  # bucket histogram over every entry
+    "compact": {"_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 2.0},  # histogram of the gathered close entries
+    # 4 buckets a row: matches share buckets all the time → further rounds, then the direct count
+    "tiny": {"_SPARSE_BELOW": 0.0, "_HIST_BUCKETS": 4, "_HIST_ROUNDS": 2},
+    "direct": {"_SPARSE_BELOW": 0.0, "_HIST_ROUNDS": 0},  # every match counted by comparing its row
+}
+
+
 @contextlib.contextmanager
 def backend(name: str):
-    """'numpy' (the CPU default) or 'torch' (the code path CUDA takes) for the float32 sparse step."""
-    saved = metrics._NUMPY_ON_CPU
-    metrics._NUMPY_ON_CPU = name == "numpy"
+    """'numpy' (the CPU default), a forced NumPy route (see ROUTES) or 'torch' (the code path CUDA takes)."""
+    settings_ = {"_NUMPY_ON_CPU": name != "torch", **ROUTES.get(name, {})}
+    saved = {key: getattr(metrics, key) for key in settings_}
+    for key, value in settings_.items():
+        setattr(metrics, key, value)
     try:
         yield
     finally:
-        metrics._NUMPY_ON_CPU = saved
+        for key, value in saved.items():
+            setattr(metrics, key, value)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Property tests: random problems against the reference
 
-PATHS = ["float32-numpy", "float32-torch", "float64-dense"]
+PATHS = ["float32-numpy", "float32-sparse", "float32-hist", "float32-compact", "float32-tiny", "float32-direct",
+         "float32-torch", "float64-numpy", "float64-tiny", "float64-torch"]
+
+
+def path_dtype(path: str):
+    return np.float64 if path.startswith("float64") else np.float32
+
+
+def path_backend(path: str):
+    return backend(path.split("-", 1)[1])
 
 
 @st.composite
@@ -128,15 +157,13 @@ def problems(draw, ties: bool = False):
 
 
 def run_path(path, dist, q_ids, g_ids, q_cams, g_cams, max_rank, chunk):
-    dtype = np.float64 if path == "float64-dense" else np.float32
-    with backend("torch" if path == "float32-torch" else "numpy"):
-        return evaluate(dist.astype(dtype), q_ids, g_ids, q_cams, g_cams, max_rank, official_ap=True, chunk=chunk)
+    with path_backend(path):
+        return evaluate(dist.astype(path_dtype(path)), q_ids, g_ids, q_cams, g_cams, max_rank, official_ap=True, chunk=chunk)
 
 
 def check_problem(problem) -> None:
     dist, q_ids, g_ids, q_cams, g_cams, max_rank, chunk, path = problem
-    dtype = np.float64 if path == "float64-dense" else np.float32
-    ref = reference(dist.astype(dtype), q_ids, g_ids, q_cams, g_cams, max_rank)
+    ref = reference(dist.astype(path_dtype(path)), q_ids, g_ids, q_cams, g_cams, max_rank)
     if ref["num_valid"] == 0:
         with pytest.raises(ValueError, match="no query has a true match"):
             run_path(path, dist, q_ids, g_ids, q_cams, g_cams, max_rank, chunk)
@@ -179,6 +206,61 @@ def test_realistic_problem_matches_the_reference(path):
     assert_matches_reference(run_path(path, dist, q_ids, g_ids, q_cams, g_cams, 20, 16), ref, 20)
 
 
+@pytest.mark.parametrize("noise", [0.2, 1.0, 2.5, 50.0])
+def test_every_route_matches_the_reference_from_easy_to_random(noise):
+    """Identity centres plus growing noise, as in the benchmark's difficulty sweep: from every match ranked first
+    to a random ranking (candidates = nearly the whole gallery)."""
+    rng = np.random.default_rng(int(noise * 10))
+    n_ids, dim = 15, 16
+    g_ids, g_cams = rng.integers(0, n_ids, 700), rng.integers(0, 5, 700)
+    q_ids, q_cams = rng.integers(0, n_ids, 30), rng.integers(0, 5, 30)
+    centres = rng.normal(size=(n_ids, dim))
+    gf = centres[g_ids] + noise * rng.normal(size=(700, dim))
+    qf = centres[q_ids] + noise * rng.normal(size=(30, dim))
+    dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+    refs = {dtype: reference(dist.astype(dtype), q_ids, g_ids, q_cams, g_cams, 50) for dtype in (np.float32,
+                                                                                                  np.float64)}
+    for path in PATHS:
+        result = run_path(path, dist, q_ids, g_ids, q_cams, g_cams, 50, 7)
+        assert_matches_reference(result, refs[path_dtype(path)], 50)
+
+
+def special_values_problem(dtype):
+    """Matches packed into one bucket next to a far outlier (several rounds), huge and subnormal values, ±inf,
+    and NaNs of both signs (a NaN with its sign bit set is what x86 makes of 0·inf)."""
+    rng = np.random.default_rng(5)
+    ng = 300
+    g_ids = rng.integers(0, 3, ng)
+    g_ids[:40] = 0
+    dist = rng.normal(size=(4, ng)).astype(dtype)
+    one = dtype(1.0)
+    dist[0, :40] = one + np.arange(40) * np.finfo(dtype).eps  # 40 matches a few ulps apart
+    dist[0, 40:60] = one + np.arange(20) * np.finfo(dtype).eps  # negatives tied with them
+    dist[0, 0] = dtype(1e30)  # one far match stretches the first grid
+    neg_nan = np.array([0xFFC00000], np.uint32).view(np.float32)[0] if dtype == np.float32 else \
+        np.array([0xFFF8000000000000], np.uint64).view(np.float64)[0]
+    assert np.isnan(neg_nan) and np.signbit(neg_nan)
+    dist[1, ::7] = neg_nan
+    dist[1, 3::11] = np.nan
+    dist[1, 5::13] = np.inf
+    dist[1, 6::17] = -np.inf
+    dist[2, ::3] = np.finfo(dtype).max
+    dist[2, 1::3] = -np.finfo(dtype).max
+    dist[2, 2::5] = np.finfo(dtype).tiny / 4  # subnormal
+    dist[3] = np.where(rng.random(ng) < 0.5, -0.0, 0.0)  # only (signed) zeros: every entry ties
+    return dist, np.array([0, 1, 2, 0]), g_ids
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_special_values_on_every_route(path):
+    dtype = path_dtype(path)
+    dist, q_ids, g_ids = special_values_problem(dtype)
+    ref = reference(dist, q_ids, g_ids, None, None, 50)
+    with path_backend(path):
+        result = evaluate(dist, q_ids, g_ids, max_rank=50, official_ap=True)
+    assert_matches_reference(result, ref, 50)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hand-computed case
 #
@@ -210,8 +292,8 @@ HAND_DIST = np.array([
 
 @pytest.mark.parametrize("path", PATHS)
 def test_hand_computed_case(path):
-    with backend("torch" if path == "float32-torch" else "numpy"):
-        r = evaluate(HAND_DIST.astype(np.float64 if path == "float64-dense" else np.float32), HAND_Q_IDS,
+    with path_backend(path):
+        r = evaluate(HAND_DIST.astype(path_dtype(path)), HAND_Q_IDS,
                      HAND_G_IDS, HAND_Q_CAMS, HAND_G_CAMS, max_rank=10, official_ap=True)
     assert r.num_queries == 4 and r.num_valid == 3
     np.testing.assert_allclose(r.ap, [1 / 2, 5 / 6, np.nan, 1 / 5], rtol=1e-12)
@@ -260,8 +342,8 @@ def test_cmc_is_padded_when_the_gallery_is_shorter_than_max_rank(path):
     # q0 id1/cam0: g0 is junk → 3 ranked entries g1, g2, g3 (+) → first match at rank 3 (the last one).
     # q1 id8/cam1: no junk; order g3 (0.1, −), g2 (0.2, +) → rank 2.  CMC = 0, 1/2, 1, 1, … (48 × 1).
     dist = np.array([[0.0, 0.1, 0.2, 0.3], [0.4, 0.3, 0.2, 0.1]])
-    with backend("torch" if path == "float32-torch" else "numpy"):
-        r = evaluate(dist.astype(np.float64 if path == "float64-dense" else np.float32), [1, 8], [1, 7, 8, 1],
+    with path_backend(path):
+        r = evaluate(dist.astype(path_dtype(path)), [1, 8], [1, 7, 8, 1],
                      [0, 1], [0, 0, 0, 1], max_rank=50)
     assert r.cmc.shape == (50,)
     np.testing.assert_allclose(r.cmc, [0.0, 0.5] + [1.0] * 48)
@@ -322,8 +404,8 @@ def test_ties_are_pessimistic(path):
     # one query id1/cam0: g0 − 0.5, g1 + 0.5 (cam1), g2 − 0.2, g3 + 0.5 (cam2), g4 junk 0.5 (cam0)
     # non-junk order: g2 (0.2), then at 0.5 the negative g0 first, then both matches → ranks 3 and 4.
     dist = np.array([[0.5, 0.5, 0.2, 0.5, 0.5]])
-    with backend("torch" if path == "float32-torch" else "numpy"):
-        r = evaluate(dist.astype(np.float64 if path == "float64-dense" else np.float32), [1], [2, 1, 3, 1, 1], [0],
+    with path_backend(path):
+        r = evaluate(dist.astype(path_dtype(path)), [1], [2, 1, 3, 1, 1], [0],
                      [0, 1, 0, 2, 0])
     assert r.first_match_rank[0] == 3
     assert r.mAP == pytest.approx((1 / 3 + 2 / 4) / 2)
@@ -333,8 +415,8 @@ def test_ties_are_pessimistic(path):
 def test_signed_zero_ties_and_negative_distances(path):
     # −0.0 == +0.0: the negative at either zero ties the match at the other one and comes first; −1.0 comes
     # before both → the match is at rank 3 either way.
-    dtype = np.float64 if path == "float64-dense" else np.float32
-    with backend("torch" if path == "float32-torch" else "numpy"):
+    dtype = path_dtype(path)
+    with path_backend(path):
         for neg_zero, match_zero in ((-0.0, 0.0), (0.0, -0.0)):
             r = evaluate(np.array([[neg_zero, match_zero, -1.0]], dtype=dtype), [1], [2, 1, 3])
             assert r.first_match_rank[0] == 3
@@ -345,9 +427,8 @@ def test_infinite_and_nan_distances(path):
     # match 0.5 → rank 1; negative 1.0 → 2; negative +inf → 3 (before the NaN match, which counts as +inf);
     # NaN match → rank 4; the NaN negative ranks last and is never counted.
     dist = np.array([[np.nan, 1.0, np.nan, 0.5, np.inf]])
-    dtype = np.float64 if path == "float64-dense" else np.float32
-    with backend("torch" if path == "float32-torch" else "numpy"):
-        r = evaluate(dist.astype(dtype), [1], [1, 2, 3, 1, 4])
+    with path_backend(path):
+        r = evaluate(dist.astype(path_dtype(path)), [1], [1, 2, 3, 1, 4])
     assert r.mAP == pytest.approx((1 / 1 + 2 / 4) / 2)
     assert r.mINP == pytest.approx(2 / 4)
 
