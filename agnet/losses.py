@@ -16,12 +16,14 @@ MISSING = -1  # label of an unlabelled attribute: ignored, never guessed
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the labelled samples (targets == -1 are ignored); 0 if none is labelled.
 
-    logits (N, K), targets (N,) int64.
+    logits (N, K), targets (N,) int64. No data-dependent branch or boolean indexing: every sample's loss
+    is computed (an unlabelled one against class 0) and masked out, so the value never has to be read
+    on the host (a GPU step stays free of host synchronisation).
     """
     labelled = targets != MISSING
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0  # keeps the graph (and the dtype/device) without contributing
-    return F.cross_entropy(logits[labelled], targets[labelled])
+    per_sample = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
+    weight = labelled.to(per_sample.dtype)
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def als_epsilon(same: torch.Tensor, hard: torch.Tensor, theta: float) -> torch.Tensor:

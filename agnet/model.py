@@ -139,8 +139,13 @@ class AGNet(nn.Module):
         }
 
     def verify(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-        """§III.D: square layer (e1 − e2)² on the D-dim identity embeddings → (P, 2) logits, class 1 = same."""
-        return self.verify_head(self.verify_bn((e1 - e2).pow(2)))
+        """§III.D: square layer (e1 − e2)² on the D-dim identity embeddings → (P, 2) logits, class 1 = same.
+
+        Always computed in float32, also under autocast: squaring bf16 differences of near-identical
+        embeddings (the positives) would keep about 3 significant digits of a small number.
+        """
+        with torch.autocast(e1.device.type, enabled=False):
+            return self.verify_head(self.verify_bn((e1.float() - e2.float()).pow(2)))
 
 
 def descriptors(outputs: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

@@ -2,12 +2,16 @@
 
 A checkpoint is a dict: ``model``, ``optimizer``, ``scheduler``, ``scaler`` state dicts; ``position``
 (``epoch``, ``step``: the next batch to run); ``rng`` (torch CPU/CUDA, NumPy, Python); ``meter``
-(the running sums of the interrupted epoch); ``rows`` (the per-epoch log so far); ``settings``,
-``seed`` and ``manifest_sha256`` (a resume with anything else is refused).
+(the running sums of the interrupted epoch) and ``pending`` (device sums not yet folded into it);
+``rows`` (the per-epoch log so far); ``settings``, ``seed`` and ``training_data_sha256`` (a resume with
+anything else is refused, except the settings passed as ``--allow-changed``).
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,9 @@ from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
 
 # Settings that change how a run executes, not what it computes: they may differ on resume.
-OPERATIONAL = frozenset({"workers", "log_every", "decoded_cache"})
+OPERATIONAL = frozenset({"workers", "log_every", "decoded_cache", "compile"})
+# Settings that may differ on resume when asked for (``--allow-changed``): the schedule, not the model.
+CHANGEABLE = ("lr", "lr_milestones", "lr_gamma", "epochs", "max_steps")
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,10 +49,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _write_file(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (a kill mid-write leaves the previous checkpoint intact)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Atomically write ``state`` (a kill mid-write leaves the previous checkpoint intact).
+
+    The state is serialised in memory first and written with plain file I/O, so a full disk is one
+    clear error naming the file (torch.save would report "unexpected pos"); the temporary file is
+    removed and the previous file at ``path`` stays as it was.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        with atomic_path(path) as tmp:
+            _write_file(tmp, buffer.getbuffer())
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise AgnetError(
+                f"{path}: no space left on device while writing it ({buffer.tell() / 2**20:.0f} MB); the previous "
+                f"{path.name}, if any, is intact - free space, then rerun with --resume") from None
+        raise AgnetError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,19 +85,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise AgnetError(f"{path}: unreadable checkpoint ({error}); delete it to start the run afresh") from None
 
 
-def check_compatible(state: dict[str, Any], settings: dict[str, Any], seed: int, manifest_sha256: str,
-                     path: Path) -> None:
-    """Refuse to resume a run whose settings, seed or training data differ from the checkpoint's."""
-    saved = {k: v for k, v in state["settings"].items() if k not in OPERATIONAL}
+def check_compatible(state: dict[str, Any], settings: dict[str, Any], seed: int, data_sha256: str,
+                     path: Path, allow: tuple[str, ...] = (), finished: bool = False) -> dict[str, list[Any]]:
+    """Refuse to resume a run whose settings, seed or training data differ from the checkpoint's.
+
+    ``allow``: keys of :data:`CHANGEABLE` that may differ; returns those that do, as
+    ``{key: [checkpoint value, new value]}``. ``finished``: ``path`` is a complete run's model.pt.
+    The data are compared by :func:`agnet.train.loop.training_data_sha256` (not the dataset's location).
+    """
+    unknown = [k for k in allow if k not in CHANGEABLE]
+    if unknown:
+        raise AgnetError(f"--allow-changed {', '.join(unknown)}: only {', '.join(CHANGEABLE)} may change on resume")
+    defaults = {"max_steps": None, "compile": False}  # keys newer than some checkpoints
+    saved = {k: v for k, v in {**defaults, **state["settings"]}.items() if k not in OPERATIONAL}
     wanted = {k: v for k, v in settings.items() if k not in OPERATIONAL}
-    problems = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}"
-                for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    differing = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    changed = {k: [saved.get(k), wanted.get(k)] for k in differing if k in allow and not finished}
+    what = "model.pt" if finished else "checkpoint"
+    problems = [f"{k}: {what} {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differing if k not in changed]
     if state["seed"] != seed:
-        problems.append(f"seed: checkpoint {state['seed']}, now {seed}")
-    if state["manifest_sha256"] != manifest_sha256:
-        problems.append("manifest: the training data changed since the checkpoint")
+        problems.append(f"seed: {what} {state['seed']}, now {seed}")
+    if state.get("training_data_sha256") != data_sha256:
+        problems.append("manifest: the training data (paths or labels of the training rows) changed since then")
+    if problems and finished:
+        raise AgnetError(
+            f"{path}: this run is complete but was trained with a different configuration; refusing to touch it:\n  "
+            + "\n  ".join(problems) + "\nDelete the run directory to train it with the new configuration."
+        )
     if problems:
+        hint = ""
+        if any(p.split(":")[0] in CHANGEABLE for p in problems):
+            hint = ("\nTo continue with a changed schedule on purpose, add --allow-changed "
+                    + ",".join(k for k in differing if k in CHANGEABLE) + " (recorded in run.json 'resumes').")
         raise AgnetError(
             f"{path} was written with a different configuration; refusing to resume:\n  "
-            + "\n  ".join(problems) + "\nDelete the checkpoint to start over with the new configuration."
+            + "\n  ".join(problems) + hint
+            + "\nDelete the checkpoint to start over with the new configuration."
         )
+    return changed

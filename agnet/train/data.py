@@ -16,9 +16,13 @@ Determinism contract (a resumed run replays exactly):
 
 Sampling rules (documented choices):
 
-* Every training image is an anchor once per epoch, in a shuffled order. Anchors are cut into
-  batches of ``P``; a last incomplete batch is **kept** if it has at least 2 anchors and
-  **dropped** if it would have a single anchor (so at most one image per epoch is not an anchor).
+* An epoch is one pass with every training image as an anchor once, in a shuffled order (so an
+  epoch processes about 2N images: N anchors and their N partners; docs/paper-mapping.md).
+  Anchors are cut into batches of ``P``; a last **incomplete batch is dropped** (fewer than ``P``
+  anchors, a different one each epoch as the order is reshuffled). Every step therefore has the
+  same batch shape (a compiled step needs it) and BatchNorm's running statistics, which the test
+  descriptors use, never take an update from a handful of images (VeRi's 37,778 images would
+  otherwise end every epoch with a 4-image batch weighing 10 % in the running statistics).
 * With probability ``positive_fraction`` the partner is a uniformly drawn *different* image of
   the same vehicle. A vehicle with a single training image is paired with **that same image**
   (still a positive, ``same=True``): the pair label stays correct and the positive share is kept.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +57,20 @@ from PIL import Image
 
 from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+
+
+class ImageError(AgnetError):
+    """A training image is missing, truncated or not an image (one line naming the file).
+
+    Raised inside a DataLoader worker, PyTorch re-raises it in the training process as
+    ``ImageError(<worker traceback text>)``; the constructor keeps only the original message.
+    """
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ImageError"):
+            lines = [line for line in message.splitlines() if line.strip()]
+            message = lines[-1].split("ImageError: ", 1)[-1]
+        super().__init__(message)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -232,14 +251,13 @@ class PairSampler:
 
     @property
     def anchors_per_epoch(self) -> int:
-        """Images used as anchors per epoch (all but a dropped single-anchor remainder)."""
-        n, p = len(self.train), self.pairs_per_batch
-        return n - 1 if n % p == 1 else n
+        """Images used as anchors per epoch (all but the dropped incomplete last batch's)."""
+        return self.steps_per_epoch * self.pairs_per_batch
 
     @property
     def steps_per_epoch(self) -> int:
-        n, p = len(self.train), self.pairs_per_batch
-        return n // p + (1 if n % p >= 2 else 0)
+        """Full batches per epoch (the incomplete rest is dropped)."""
+        return len(self.train) // self.pairs_per_batch
 
     def plan(self, epoch: int) -> list[Batch]:
         """The batches of ``epoch`` (a pure function of the sampler's inputs, seed and epoch)."""
@@ -291,7 +309,7 @@ class PairSampler:
         p = self.pairs_per_batch
         batches = []
         for step, lo in enumerate(range(0, kept, p)):
-            hi = min(lo + p, kept)
+            hi = lo + p
             indices = np.concatenate([anchor[lo:hi], partner[lo:hi]]).astype(np.int64)
             pair_same, pair_hard = same[lo:hi].copy(), hard[lo:hi].copy()
             for array in (indices, pair_same, pair_hard):
@@ -321,6 +339,36 @@ def load_resized(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
+def load_training_image(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:
+    """:func:`load_resized`, with a missing, truncated or undecodable file reported as one :class:`ImageError`."""
+    try:
+        return load_resized(path, input_size)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: training image not found (was the dataset moved or deleted? "
+                         "rebuild the manifest with `agnet data manifest`)") from None
+    except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, corrupt or not an image
+        raise ImageError(f"{path}: cannot decode training image ({error}); replace the file or check the dataset "
+                         "with `agnet data verify`") from None
+
+
+def normalise_on_device(images: torch.Tensor, flipped: torch.Tensor, channels_last: bool = False,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The loader's uint8 (B, H, W, 3) batch -> ImageNet-normalised (B, 3, H, W), mirrored where ``flipped``.
+
+    Runs where ``images`` already is (the GPU): a quarter of the bytes cross the bus and the host does
+    no float work. ``(x / 255 - mean) / std`` in float32 is element-for-element what :func:`to_tensor`
+    computes, so a batch is bit-identical to the per-image CPU path. ``channels_last``: the result
+    keeps the NHWC layout the uint8 batch arrives in, otherwise it is made contiguous NCHW.
+    """
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
+    x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+    x = x.div_(255.0).sub_(mean).div_(std)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x if dtype == torch.float32 else x.to(dtype)
+
+
 def to_tensor(pixels: np.ndarray, flip: bool) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W), optionally mirrored left-right, ImageNet-normalised."""
     if flip:
@@ -342,7 +390,7 @@ class DecodedCache:
     modification times, and ``input_size``; it is written through a temporary file and
     ``os.replace``, so a killed build leaves no partial cache. A second construction with the same
     inputs reuses the file (``built`` is then False). The map is opened lazily in each process and
-    never pickled. Size: N * H * W * 3 bytes (VeRi at 224x224: about 12 GB).
+    never pickled. Size: N * H * W * 3 bytes (VeRi's 37,778 training images at 224x224: 5.7 GB).
     """
 
     def __init__(self, paths: Sequence[str | Path], input_size: tuple[int, int], cache_dir: str | Path,
@@ -393,7 +441,7 @@ class DecodedCache:
 
     def _fill(self, array: np.ndarray, threads: int) -> None:
         def decode(i: int) -> None:
-            array[i] = load_resized(self.paths[i], self.input_size)
+            array[i] = load_training_image(self.paths[i], self.input_size)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for _ in pool.map(decode, range(self.count), chunksize=64):
@@ -419,6 +467,70 @@ class DecodedCache:
         return state
 
 
+def memory_limit() -> tuple[int, str]:
+    """(bytes, where it comes from): the smallest of the limits this job runs under.
+
+    ``AGNET_MEMORY_LIMIT_MB`` wins when set; otherwise the smallest of the cgroup limit (v2 or v1,
+    what SLURM and containers enforce), ``SLURM_MEM_PER_NODE`` and the physical memory.
+    """
+    override = os.environ.get("AGNET_MEMORY_LIMIT_MB")
+    if override:
+        try:
+            return int(float(override) * 2**20), "AGNET_MEMORY_LIMIT_MB"
+        except ValueError:
+            raise AgnetError(f"AGNET_MEMORY_LIMIT_MB={override!r}: expected a number of MB") from None
+    found: list[tuple[int, str]] = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            found.append((int(text), f"cgroup limit {path}"))
+    if os.environ.get("SLURM_MEM_PER_NODE", "").isdigit():
+        found.append((int(os.environ["SLURM_MEM_PER_NODE"]) * 2**20, "SLURM_MEM_PER_NODE"))
+    try:
+        found.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"))
+    except (ValueError, OSError):
+        pass
+    return min(found) if found else (2**62, "no limit found")
+
+
+def choose_cache(setting: bool | str, train: TrainSet, input_size: tuple[int, int], cache_dir: str | Path,
+                 threads: int | None = None) -> tuple[DecodedCache | None, str]:
+    """The decoded cache for ``training.decoded_cache`` = ``setting`` (True, False or ``"auto"``) and why.
+
+    The cache is memory-mapped; it "fits" when it takes at most half the job's memory limit
+    (:func:`memory_limit`; the other half is left to the model, the optimizer and the workers), and
+    the cache folder has room for it. ``auto`` uses it when it fits and otherwise decodes JPEGs (the
+    returned note says why); ``True`` insists and raises a clear error when it does not fit.
+    """
+    if setting is False or setting == "false":
+        return None, "decoded cache off (training.decoded_cache: false)"
+    size = len(train) * int(input_size[0]) * int(input_size[1]) * 3
+    limit, source = memory_limit()
+    gb = 2**30
+    problem = None
+    if size > limit // 2:
+        problem = (f"needs {size / gb:.1f} GB, more than half the job's memory limit ({limit / gb:.1f} GB, "
+                   f"from {source})")
+    else:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key = DecodedCache._key(train.paths.tolist(), (int(input_size[0]), int(input_size[1])))
+        existing = cache_dir / f"decoded-{key[:24]}.npy"
+        free = shutil.disk_usage(cache_dir).free
+        if not existing.is_file() and free < size + 2**28:
+            problem = f"needs {size / gb:.1f} GB in {cache_dir}, which has {free / gb:.1f} GB free"
+    if problem is None:
+        cache = DecodedCache.for_trainset(train, input_size, cache_dir, threads)
+        return cache, f"decoded cache {cache.path} ({size / gb:.2f} GB, {'built' if cache.built else 'reused'})"
+    if setting is True or setting == "true":
+        raise AgnetError(f"training.decoded_cache: true, but the cache {problem}; set decoded_cache: auto "
+                         "(decode JPEGs when it does not fit) or false, or raise the job's memory (mem_mb)")
+    return None, f"decoded cache not used: it {problem}; decoding JPEGs every epoch instead"
+
+
 # ---------------------------------------------------------------------------------------------
 # Dataset and loader
 
@@ -435,10 +547,11 @@ class SampleKey(NamedTuple):
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style dataset over :class:`SampleKey`: loads, resizes, flips and normalises one image.
+    """Map-style dataset over :class:`SampleKey`: one image as resized uint8 (H, W, 3) and its flip flag.
 
     Holds only the paths, labels and (optionally) a :class:`DecodedCache`, so forked or spawned
-    workers start light. The flip is :func:`flip_decision` of ``(seed, epoch, step, slot)``.
+    workers start light. The flip is :func:`flip_decision` of ``(seed, epoch, step, slot)``; it and the
+    normalisation are applied on the training device (:func:`normalise_on_device`).
     """
 
     def __init__(self, train: TrainSet, input_size: tuple[int, int], hflip: bool, seed: int,
@@ -464,13 +577,13 @@ class PairDataset(torch.utils.data.Dataset):
         """Resized uint8 (H, W, 3) image ``index`` (from the cache when there is one)."""
         if self.cache is not None:
             return self.cache[index]
-        return load_resized(self.paths[index], self.input_size)
+        return load_training_image(self.paths[index], self.input_size)
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         key = SampleKey(*key)
         flip = self.hflip and flip_decision(self.seed, key.epoch, key.step, key.slot)
         return {
-            "image": to_tensor(self.pixels(key.index), flip),
+            "image": self.pixels(key.index),
             "index": key.index,
             "class_id": int(self.class_ids[key.index]),
             "color_id": int(self.color_ids[key.index]),
@@ -478,6 +591,7 @@ class PairDataset(torch.utils.data.Dataset):
             "flipped": flip,
             "same": key.same,
             "hard": key.hard,
+            "epoch": key.epoch,
             "step": key.step,
             "slot": key.slot,
         }
@@ -488,7 +602,7 @@ def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = len(samples) // 2
     long = torch.int64
     return {
-        "images": torch.stack([s["image"] for s in samples]),
+        "images": torch.from_numpy(np.stack([s["image"] for s in samples])),
         "index": torch.tensor([s["index"] for s in samples], dtype=long),
         "class_id": torch.tensor([s["class_id"] for s in samples], dtype=long),
         "color_id": torch.tensor([s["color_id"] for s in samples], dtype=long),
@@ -496,31 +610,47 @@ def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "flipped": torch.tensor([s["flipped"] for s in samples], dtype=torch.bool),
         "same": torch.tensor([s["same"] for s in samples[:pairs]], dtype=torch.bool),
         "hard": torch.tensor([s["hard"] for s in samples[:pairs]], dtype=torch.bool),
+        "epoch": int(samples[0]["epoch"]),
         "step": int(samples[0]["step"]),
     }
 
 
 class PlanBatchSampler(torch.utils.data.Sampler):
-    """Yields the :class:`SampleKey` lists of ``sampler.plan(epoch)[start_step:]``."""
+    """Yields the :class:`SampleKey` lists of ``sampler.plan(e)`` for ``e`` in ``epoch .. end_epoch - 1``,
+    starting at ``start_step`` of the first (``end_epoch`` defaults to ``epoch + 1``).
 
-    def __init__(self, sampler: PairSampler, epoch: int, start_step: int = 0):
+    Spanning every remaining epoch of a run lets one DataLoader iterator, and so one set of worker
+    processes, serve the whole run: workers start once and prefetch across epoch boundaries.
+    """
+
+    def __init__(self, sampler: PairSampler, epoch: int, start_step: int = 0, end_epoch: int | None = None):
         self.sampler = sampler
         self.epoch = int(epoch)
         self.start_step = int(start_step)
+        self.end_epoch = self.epoch + 1 if end_epoch is None else int(end_epoch)
         if not 0 <= self.start_step <= sampler.steps_per_epoch:
             raise AgnetError(f"start_step {start_step} outside 0..{sampler.steps_per_epoch}")
 
     def __len__(self) -> int:
-        return self.sampler.steps_per_epoch - self.start_step
+        return max(0, self.end_epoch - self.epoch) * self.sampler.steps_per_epoch - self.start_step
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        for batch in self.sampler.batches(self.epoch, self.start_step):
-            pairs = batch.pairs
-            same, hard = batch.same.tolist(), batch.hard.tolist()
-            yield [
-                SampleKey(self.epoch, batch.step, slot, int(index), same[slot % pairs], hard[slot % pairs])
-                for slot, index in enumerate(batch.indices.tolist())
-            ]
+        for epoch in range(self.epoch, self.end_epoch):
+            start = self.start_step if epoch == self.epoch else 0
+            for batch in self.sampler.batches(epoch, start):
+                pairs = batch.pairs
+                same, hard = batch.same.tolist(), batch.hard.tolist()
+                yield [
+                    SampleKey(epoch, batch.step, slot, int(index), same[slot % pairs], hard[slot % pairs])
+                    for slot, index in enumerate(batch.indices.tolist())
+                ]
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which checkpoints and then stops them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(
@@ -531,28 +661,32 @@ def make_loader(
     start_step: int = 0,
     seed: int | None = None,
     cache: DecodedCache | None = None,
+    end_epoch: int | None = None,
+    workers: int | None = None,
 ) -> torch.utils.data.DataLoader:
-    """DataLoader over the plan of ``epoch`` from ``start_step``; each item is a batch dict.
+    """DataLoader over the plan of ``epoch`` (to ``end_epoch - 1``) from ``start_step``; items are batch dicts.
 
-    Keys: ``images`` float32 (B, 3, H, W) normalised; ``class_id``, ``color_id``, ``type_id``,
-    ``index`` int64 (B,) (``-1`` = missing attribute); ``flipped`` bool (B,); ``same``, ``hard``
-    bool (B/2,); ``step`` int. ``settings`` needs ``input_size``, ``hflip`` and ``workers`` (a
-    :class:`~agnet.train.settings.TrainSettings`). ``seed`` drives augmentation (default: the
-    sampler's seed; a separate stream from the plan). ``len(loader)`` is the number of steps left.
+    Keys: ``images`` uint8 (B, H, W, 3), not yet flipped or normalised (:func:`normalise_on_device`
+    does both on the training device); ``flipped`` bool (B,); ``class_id``, ``color_id``, ``type_id``,
+    ``index`` int64 (B,) (``-1`` = missing attribute); ``same``, ``hard`` bool (B/2,); ``epoch``,
+    ``step`` int. ``settings`` needs ``input_size``, ``hflip`` and ``workers`` (a
+    :class:`~agnet.train.settings.TrainSettings`; ``workers`` overrides the latter). ``seed`` drives
+    augmentation (default: the sampler's seed; a separate stream from the plan). ``len(loader)`` is
+    the number of steps left.
     """
     if sampler.train is not train and sampler.train.fingerprint() != train.fingerprint():
         raise AgnetError("make_loader: the sampler was built on a different training set")
     seed = sampler.seed if seed is None else int(seed)
     dataset = PairDataset(train, tuple(settings.input_size), settings.hflip, seed, cache)
-    workers = int(settings.workers)
+    workers = int(settings.workers if workers is None else workers)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=PlanBatchSampler(sampler, epoch, start_step),
+        batch_sampler=PlanBatchSampler(sampler, epoch, start_step, end_epoch),
         num_workers=workers,
         collate_fn=collate_pairs,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
         # own generator: creating the iterator must not draw from the global torch RNG
         generator=torch.Generator().manual_seed(seed),
     )

@@ -35,12 +35,14 @@ class TrainSettings:
     verification_loss: str
     als: dict[str, float]
     hflip: bool
-    decoded_cache: bool
+    decoded_cache: bool | str  # True, False or "auto" (use it where it fits the job's memory limit)
     workers: int
     amp: str
     channels_last: str
     deterministic: bool
     log_every: int
+    max_steps: int | None = None  # stop after this many optimizer steps in total (a truncated run, recorded)
+    compile: bool = False  # torch.compile the forward pass (fixed batch shape; opt-in)
 
     @property
     def uses_attributes(self) -> bool:

@@ -18,9 +18,13 @@ from agnet.train.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DecodedCache,
+    ImageError,
     PairSampler,
+    PlanBatchSampler,
     TrainSet,
     make_loader,
+    normalise_on_device,
+    to_tensor,
 )
 from agnet.train.settings import TrainSettings
 
@@ -122,19 +126,22 @@ def test_plan_is_deterministic_and_varies():
     assert all(not b.indices.flags.writeable for b in plan)  # the cached plan cannot be altered
 
 
-@pytest.mark.parametrize("images, steps, last", [(100, 25, 4), (101, 25, 4), (102, 26, 2), (103, 26, 3)])
-def test_every_image_is_an_anchor_once(images, steps, last):
+@pytest.mark.parametrize("images, steps", [(100, 25), (101, 25), (102, 25), (103, 25), (104, 26)])
+def test_every_image_is_an_anchor_at_most_once_and_every_batch_is_full(images, steps):
     data = arrays_set([1] * (images % 10) + [10] * (images // 10))
     assert len(data) == images
     sampler = PairSampler(data, 8, 0.5, 0.5, seed=0)
     plan = sampler.plan(2)
     assert sampler.steps_per_epoch == len(plan) == steps
     assert [b.step for b in plan] == list(range(steps))
-    assert all(b.pairs == 4 for b in plan[:-1]) and plan[-1].pairs == last
-    assert all(len(b.indices) == 2 * b.pairs for b in plan)
+    assert all(b.pairs == 4 and len(b.indices) == 8 for b in plan)  # the incomplete rest is dropped
     anchors = pairs_of(plan)[0]
-    assert len(set(anchors.tolist())) == len(anchors) == sampler.anchors_per_epoch
-    assert sampler.anchors_per_epoch == (images - 1 if images % 4 == 1 else images)  # single-anchor rest dropped
+    assert len(set(anchors.tolist())) == len(anchors) == sampler.anchors_per_epoch == 4 * steps
+    # the dropped rest differs between epochs (the order is reshuffled), so no image is left out for good
+    left_out = [set(range(images)) - set(pairs_of(sampler.plan(e))[0].tolist()) for e in range(6)]
+    assert all(len(s) == images % 4 for s in left_out)
+    if images % 4:
+        assert len(set.union(*left_out)) > images % 4
 
 
 def test_pairs_respect_their_labels():
@@ -230,12 +237,13 @@ def test_loader_batch_layout(train):
     batches = run(train, settings())
     assert len(batches) == PairSampler(train, 8, 0.5, 0.5, seed=11).steps_per_epoch
     first = batches[0]
-    assert first["images"].shape == (8, 3, *SIZE) and first["images"].dtype == torch.float32
+    assert first["images"].shape == (8, *SIZE, 3) and first["images"].dtype == torch.uint8  # 1/4 of float32
     for key in ("class_id", "color_id", "type_id", "index"):
         assert first[key].shape == (8,) and first[key].dtype == torch.int64
     for key in ("same", "hard"):
         assert first[key].shape == (4,) and first[key].dtype == torch.bool
     assert [b["step"] for b in batches] == list(range(len(batches)))
+    assert {b["epoch"] for b in batches} == {0}
     index = first["index"]
     np.testing.assert_array_equal(first["class_id"].numpy(), train.class_ids[index.numpy()])
     np.testing.assert_array_equal(first["same"].numpy(), (first["class_id"][:4] == first["class_id"][4:]).numpy())
@@ -243,9 +251,17 @@ def test_loader_batch_layout(train):
     k = int(torch.nonzero(~first["flipped"])[0])
     with Image.open(train.paths[int(index[k])]) as image:
         pixels = np.asarray(image.convert("RGB").resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(first["images"][k].numpy(), pixels)
+    on_device = normalise_on_device(first["images"], first["flipped"])
+    assert on_device.shape == (8, 3, *SIZE) and on_device.dtype == torch.float32 and on_device.is_contiguous()
     expected = (pixels.astype(np.float32) / 255 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-    np.testing.assert_allclose(first["images"][k].permute(1, 2, 0).numpy(), expected, atol=1e-5)
-    images = torch.cat([b["images"] for b in batches])
+    np.testing.assert_allclose(on_device[k].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    # bit-identical to the per-image CPU path (to_tensor), flipped or not
+    for j in range(8):
+        assert torch.equal(on_device[j], to_tensor(first["images"][j].numpy(), bool(first["flipped"][j])))
+    nhwc = normalise_on_device(first["images"], first["flipped"], channels_last=True)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and torch.equal(nhwc, on_device)
+    images = torch.cat([normalise_on_device(b["images"], b["flipped"]) for b in batches])
     assert abs(float(images.mean())) < 1.5 and images.min() < -0.5 and images.max() > 0.5
 
 
@@ -271,7 +287,9 @@ def test_hflip(train):
     count = total = 0
     for a, b in zip(plain, flipped, strict=True):
         assert torch.equal(a["index"], b["index"])
-        for x, y, mirrored in zip(a["images"], b["images"], b["flipped"], strict=True):
+        assert torch.equal(a["images"], b["images"])  # the loader ships unflipped pixels and the decision
+        xs, ys = normalise_on_device(a["images"], a["flipped"]), normalise_on_device(b["images"], b["flipped"])
+        for x, y, mirrored in zip(xs, ys, b["flipped"], strict=True):
             assert not torch.equal(x, x.flip(-1))  # the test images are not symmetric
             assert torch.equal(y, x.flip(-1) if mirrored else x)
             count += int(mirrored)
@@ -292,3 +310,32 @@ def test_decoded_cache(train, tmp_path):
     assert_same_batches(run(train, settings()), run(train, settings(workers=2), cache=again))
     with pytest.raises(AgnetError, match="input_size"):
         run(train, settings(), cache=other)
+
+
+def test_one_loader_spans_epochs(train):
+    """One iterator (one set of workers) serves every remaining epoch, each batch tagged with its epoch."""
+    cfg = settings(workers=2)
+    sampler = PairSampler(train, 8, 0.5, 0.5, seed=11)
+    spanning = list(make_loader(train, sampler, cfg, 1, start_step=3, seed=11, end_epoch=3))
+    assert len(spanning) == 2 * sampler.steps_per_epoch - 3
+    assert_same_batches(spanning[: sampler.steps_per_epoch - 3], run(train, cfg, epoch=1, start_step=3))
+    assert_same_batches(spanning[sampler.steps_per_epoch - 3 :], run(train, cfg, epoch=2))
+    assert len(PlanBatchSampler(sampler, 1, 3, 3)) == len(spanning)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_bad_image_is_one_clear_error_naming_it(damage, workers, train, tmp_path):
+    """A truncated or missing JPEG is one ImageError naming the file, in the process or in a worker."""
+    victim = tmp_path / "victim.jpg"
+    data = train.paths.tolist()
+    if damage == "truncated":
+        blob = Path(data[0]).read_bytes()
+        victim.write_bytes(blob[: len(blob) // 2])
+    broken = TrainSet([str(victim), *data[1:]], train.class_ids, train.color_ids, train.type_ids)
+    sampler = PairSampler(broken, 8, 0.5, 0.5, seed=11)
+    with pytest.raises(ImageError) as caught:
+        list(make_loader(broken, sampler, settings(workers=workers), 0, seed=11))
+    message = str(caught.value)
+    assert message.startswith(f"{victim}: ") and "\n" not in message
+    assert ("not found" if damage == "missing" else "cannot decode") in message

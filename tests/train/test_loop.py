@@ -105,8 +105,8 @@ def _train_command(config_files, manifest, out: Path) -> list[str]:
             "--seed", "7", "--out", str(out), "--resume", "--no-progress", "--threads", "1"]
 
 
-def _run_until(command: list[str], ready, sig: int, timeout: float = 120.0) -> int:
-    """Start ``command``, send ``sig`` once ``ready()`` holds, return the exit status."""
+def _run_until(command: list[str], ready, sig: int, timeout: float = 300.0) -> tuple[int, str]:
+    """Start ``command``, send ``sig`` once ``ready()`` holds, return the exit status and stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
@@ -115,26 +115,41 @@ def _run_until(command: list[str], ready, sig: int, timeout: float = 120.0) -> i
         assert time.monotonic() < deadline, "timed out waiting to send the signal"
         time.sleep(0.02)
     process.send_signal(sig)
-    process.wait(timeout=timeout)
-    return process.returncode
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def reference_run(manifest, config_files, tmp_path_factory) -> Path:
+    """One uninterrupted run through the CLI, shared by every interruption case below."""
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(_train_command(config_files, manifest, reference), check=True, env=env, capture_output=True)
+    return reference
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + signal.SIGTERM),
-                                         (signal.SIGUSR1, 128 + signal.SIGUSR1)])
-def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_files, tmp_path):
-    """SIGKILL loses the running epoch (the last epoch checkpoint is used); SIGTERM (a job being stopped) and
-    SIGUSR1 (the cluster's walltime warning) checkpoint mid-epoch.
+                                         (signal.SIGUSR1, 128 + signal.SIGUSR1), (signal.SIGINT, 128 + signal.SIGINT)])
+def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_files, reference_run, tmp_path):
+    """SIGKILL loses the running epoch (the last epoch checkpoint is used); SIGTERM (a job being stopped),
+    SIGUSR1 (the cluster's walltime warning) and SIGINT (Ctrl-C) checkpoint mid-epoch and say how to continue.
 
-    Either way the resumed run ends bit-identical to an uninterrupted one (CPU, deterministic).
+    Either way the resumed run ends bit-identical to an uninterrupted one (CPU, deterministic), and a
+    SIGKILLed process's lock on the run directory does not block the resume.
     """
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    reference, interrupted = reference_run, tmp_path / "interrupted"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(_train_command(config_files, manifest, reference), check=True, env=env, capture_output=True)
     # Signal it once the first epoch's checkpoint is on disk (early in epoch 2).
-    assert _run_until(_train_command(config_files, manifest, interrupted),
-                      lambda: (interrupted / "checkpoint.pt").exists(), sig) == status
+    returncode, stderr = _run_until(_train_command(config_files, manifest, interrupted),
+                                    lambda: (interrupted / "checkpoint.pt").exists(), sig)
+    assert returncode == status
+    if sig != signal.SIGKILL:
+        name = signal.Signals(sig).name
+        assert stderr.strip().splitlines()[-1].startswith(f"agnet: {name} received: checkpoint saved at epoch 2")
+        assert stderr.strip().endswith("to continue, rerun the same command with --resume")
     state = torch.load(interrupted / "checkpoint.pt", weights_only=True)
     assert state["position"]["epoch"] >= 1 and not (interrupted / "model.pt").exists()
+    assert not list(interrupted.glob(".*.tmp"))
     resumed = subprocess.run(_train_command(config_files, manifest, interrupted), check=True, env=env,
                              capture_output=True, text=True)
     assert_same_weights(reference, interrupted)
@@ -147,7 +162,10 @@ def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_f
     assert [r["loss_total"] for r in read_log(reference)] == [r["loss_total"] for r in read_log(interrupted)]
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(manifest, config_files, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_a_followable_message_and_keeps_the_checkpoint(manifest, config_files, tmp_path,
+                                                                          monkeypatch):
+    """The NaN is caught at the next read of the device sums, before any checkpoint; the advice (lower lr,
+    --resume --allow-changed lr) works and is recorded."""
     settings = settings_for(config_files, epochs=3)
     real_total = loop.total_loss
 
@@ -158,11 +176,20 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(manifest, co
         return terms
 
     monkeypatch.setattr(loop, "total_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*the last good checkpoint \(checkpoint.pt\) is kept"):
+    with pytest.raises(TrainingDiverged, match=r"loss became non-finite at epoch 2, step 1 .*the last good checkpoint "
+                                               r"\(checkpoint.pt, epoch 2, step 0\) is kept.*--resume --allow-changed lr"):
         train(settings, manifest, tmp_path / "run", seed=0, progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["position"] == {"epoch": 1, "step": 0}
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model.pt").exists()
+    monkeypatch.undo()
+    lower = settings_for(config_files, epochs=3, lr=0.01)
+    with pytest.raises(AgnetError, match="add --allow-changed lr"):
+        train(lower, manifest, tmp_path / "run", seed=0, resume=True, progress=False)
+    record = train(lower, manifest, tmp_path / "run", seed=0, resume=True, progress=False, allow_changed=("lr",))
+    assert record["resumes"] == [{"epoch": 1, "step": 0, "changed": {"lr": [0.05, 0.01]}}]
+    assert [row["lr"] for row in read_log(tmp_path / "run")] == pytest.approx([0.05, 0.01, 0.001])
 
 
 def test_existing_checkpoint_needs_resume_and_matching_settings(manifest, config_files, tmp_path, monkeypatch):
@@ -180,13 +207,21 @@ def test_existing_checkpoint_needs_resume_and_matching_settings(manifest, config
         train(settings, manifest, run, seed=1, resume=True, progress=False)
 
 
-def test_decoded_cache_trains_exactly_like_jpeg_decoding(manifest, config_files, tmp_path):
-    plain = settings_for(config_files, epochs=1)
+def test_decoded_cache_trains_exactly_like_jpeg_decoding(manifest, config_files, tmp_path, monkeypatch, capsys):
+    plain = settings_for(config_files, epochs=1, decoded_cache=False)
     cached = settings_for(config_files, epochs=1, decoded_cache=True)
     train(plain, manifest, tmp_path / "plain", seed=2, progress=False)
     train(cached, manifest, tmp_path / "cached", seed=2, cache_dir=tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").glob("decoded-*.npy"))
     assert_same_weights(tmp_path / "plain", tmp_path / "cached")
+    assert not (tmp_path / "plain" / "cache").exists()
+    monkeypatch.setenv("AGNET_MEMORY_LIMIT_MB", "1")  # auto: does not fit, decodes JPEGs and says why
+    auto = train(settings_for(config_files, epochs=1, decoded_cache="auto"), manifest, tmp_path / "auto", seed=2,
+                 cache_dir=tmp_path / "cache2", progress=False)
+    assert not auto["decoded_cache_used"] and "decoded cache not used: it needs" in capsys.readouterr().err
+    assert_same_weights(tmp_path / "plain", tmp_path / "auto")
+    with pytest.raises(AgnetError, match=r"training.decoded_cache: true, but the cache needs .* memory limit"):
+        train(cached, manifest, tmp_path / "forced", seed=2, cache_dir=tmp_path / "cache3", progress=False)
 
 
 def _relabelled(manifest: Path, out: Path, mode: str) -> Path:
@@ -220,3 +255,58 @@ def test_only_id_reads_no_attribute_label(variant, attribute_blind, manifest, co
             base = weights(tmp_path / "original")
             differs = {k for k, v in weights(tmp_path / mode).items() if not torch.equal(v, base[k])}
             assert "stem.0.weight" in differs, f"{variant}: the shared trunk ignored the {mode} attribute labels"
+
+
+def test_max_steps_truncates_and_says_so(manifest, config_files, tmp_path):
+    """max_steps stops after that many optimizer steps in total; run.json marks the run truncated."""
+    record = train(settings_for(config_files, epochs=3, max_steps=5), manifest, tmp_path / "short", seed=0,
+                   progress=False)
+    saved = json.loads((tmp_path / "short" / "run.json").read_text())
+    assert saved["truncated"] is True and saved["max_steps"] == 5 and saved["steps"] == 5
+    assert saved["partial_last_epoch"] is True and record["settings"]["max_steps"] == 5
+    rows = read_log(tmp_path / "short")
+    assert len(rows) == 1 and rows[0]["images"] == 5 * 16
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()
+
+
+def test_bf16_autocast_and_channels_last_on_cpu_resume_bit_exactly(manifest, config_files, tmp_path, monkeypatch):
+    """amp: on / channels_last: on run on a CPU (bf16 autocast, NHWC); a mid-epoch interruption resumes
+    to the same weights; the verification head stays float32."""
+    settings = settings_for(config_files, epochs=1, amp="on", channels_last="on")
+    record = train(settings, manifest, tmp_path / "reference", seed=6, progress=False)
+    assert record["precision"] == "torch.bfloat16" and record["channels_last"] is True
+    real_total, calls = loop.total_loss, []
+
+    def interrupt_at_step_7(outputs, batch, verify_logits, *args, **kwargs):
+        calls.append(1)
+        assert outputs["id_logits"].dtype == torch.float32
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_total(outputs, batch, verify_logits, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "total_loss", interrupt_at_step_7)
+    with pytest.raises(loop.TrainingInterrupted, match="SIGUSR1 received: checkpoint saved at epoch 1, step 7"):
+        train(settings, manifest, tmp_path / "interrupted", seed=6, progress=False)
+    monkeypatch.undo()
+    train(settings, manifest, tmp_path / "interrupted", seed=6, resume=True, progress=False)
+    assert_same_weights(tmp_path / "reference", tmp_path / "interrupted")
+    assert [r["loss_total"] for r in read_log(tmp_path / "reference")] == \
+        [r["loss_total"] for r in read_log(tmp_path / "interrupted")]
+
+
+def test_verification_head_is_float32_under_autocast():
+    from agnet.model import AGNet, build_trunk
+
+    model = AGNet(build_trunk("resnet18_narrow"), 4, 3, 2, 16).train()
+    e1, e2 = torch.randn(4, 16), torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.verify(e1.bfloat16(), e2.bfloat16()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("major, expected", [(7, torch.float16), (8, torch.bfloat16), (9, torch.bfloat16)])
+def test_gpu_precision_follows_compute_capability(major, expected, config_files, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert loop.precision(settings_for(config_files), torch.device("cuda")) == (expected, True)
+    assert loop.precision(settings_for(config_files, amp="off", channels_last="off"), torch.device("cuda")) == \
+        (None, False)
+    assert loop.precision(settings_for(config_files), torch.device("cpu")) == (None, False)  # auto: GPU only
