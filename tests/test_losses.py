@@ -80,3 +80,14 @@ def test_total_loss_weights_and_variants():
     assert ce["verify"].item() == pytest.approx(torch.nn.functional.cross_entropy(LOGITS[:2], SAME[:2].long()).item())
     only_id = total_loss(outputs, batch, LOGITS[:2], LossWeights(0.5, 0.0, 1.0), "ce", als)
     assert only_id["total"].item() == pytest.approx((0.5 * only_id["category"] + only_id["verify"]).item())
+
+
+def test_masked_cross_entropy_needs_no_host_read_and_gives_unlabelled_rows_no_gradient():
+    from agnet.train.hostreads import HostReadCounter
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]], requires_grad=True)
+    with HostReadCounter() as counter:
+        loss = masked_cross_entropy(logits, torch.tensor([1, -1, 0]))
+        loss.backward()
+    assert counter.reads == []  # no bool(), .item() or boolean-mask indexing: nothing waits for a GPU
+    assert logits.grad[1].abs().sum().item() == 0.0 and logits.grad[0].abs().sum().item() > 0
