@@ -417,8 +417,11 @@ class DecodedCache:
         for path in paths:
             try:
                 stat = os.stat(path)
+            except FileNotFoundError:
+                raise ImageError(f"{path}: training image not found (was the dataset moved or deleted? "
+                                 "rebuild the manifest with `agnet data manifest`)") from None
             except OSError as error:
-                raise AgnetError(f"cannot read training image {path}: {error.strerror}") from None
+                raise ImageError(f"{path}: cannot read training image ({error.strerror})") from None
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
