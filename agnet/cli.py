@@ -226,14 +226,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    allow = tuple(k.strip() for k in (args.allow_changed or "").split(",") if k.strip())
     try:
         record = train(settings, args.manifest, args.out, args.seed, resume=args.resume, weights_cache=args.weights_cache,
-                       cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress)
+                       cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress,
+                       threads=args.threads, allow_changed=allow)
     except TrainingInterrupted as interrupted:
         print(f"agnet: {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
     final = record["final"]
-    print(f"trained {args.variant} seed {args.seed}: {final['epoch']} epochs, loss {final['loss_total']:.4f}, "
+    if record.get("already_complete"):
+        print(f"{args.out}/model.pt: this run is already complete (same settings, seed and data); nothing to do")
+        return 0
+    length = (f"truncated after {record['steps']} steps (max_steps)" if record.get("truncated")
+              else f"{final['epoch']} epochs")
+    print(f"trained {args.variant} seed {args.seed}: {length}, loss {final['loss_total']:.4f}, "
           f"train ID accuracy {final['acc_id']:.3f} -> {args.out}/model.pt")
     return 0
 
@@ -422,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--allow-changed", metavar="KEYS",
+                       help="with --resume: comma-separated schedule settings that may differ from the checkpoint's "
+                            "(lr, lr_milestones, lr_gamma, epochs, max_steps), e.g. `lr` after a divergence; "
+                            "recorded in run.json 'resumes'")
     train.set_defaults(func=_cmd_train)
 
     extract = groups.add_parser("extract", help="write the Attr/ID/All descriptors of a trained run")
