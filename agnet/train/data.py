@@ -351,6 +351,18 @@ def load_training_image(path: str | Path, input_size: tuple[int, int]) -> np.nda
                          "with `agnet data verify`") from None
 
 
+_ON_DEVICE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as (1, 3, 1, 1) tensors on ``device``, copied there once (a copy from pageable
+    host memory would wait for the device)."""
+    key = str(device)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = (_MEAN.view(1, 3, 1, 1).to(device), _STD.view(1, 3, 1, 1).to(device))
+    return _ON_DEVICE[key]
+
+
 def normalise_on_device(images: torch.Tensor, flipped: torch.Tensor, channels_last: bool = False,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The loader's uint8 (B, H, W, 3) batch -> ImageNet-normalised (B, 3, H, W), mirrored where ``flipped``.
@@ -362,8 +374,7 @@ def normalise_on_device(images: torch.Tensor, flipped: torch.Tensor, channels_la
     """
     x = images.permute(0, 3, 1, 2).to(torch.float32)
     x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+    mean, std = _mean_std(x.device)
     x = x.div_(255.0).sub_(mean).div_(std)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x if dtype == torch.float32 else x.to(dtype)

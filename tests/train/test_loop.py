@@ -215,7 +215,7 @@ def test_decoded_cache_trains_exactly_like_jpeg_decoding(manifest, config_files,
     assert list((tmp_path / "cache").glob("decoded-*.npy"))
     assert_same_weights(tmp_path / "plain", tmp_path / "cached")
     assert not (tmp_path / "plain" / "cache").exists()
-    monkeypatch.setenv("AGNET_MEMORY_LIMIT_MB", "1")  # auto: does not fit, decodes JPEGs and says why
+    monkeypatch.setenv("AGNET_MEMORY_LIMIT_MB", "0.1")  # auto: does not fit, decodes JPEGs and says why
     auto = train(settings_for(config_files, epochs=1, decoded_cache="auto"), manifest, tmp_path / "auto", seed=2,
                  cache_dir=tmp_path / "cache2", progress=False)
     assert not auto["decoded_cache_used"] and "decoded cache not used: it needs" in capsys.readouterr().err
