@@ -105,7 +105,9 @@ def check_compatible(state: dict[str, Any], settings: dict[str, Any], seed: int,
     problems = [f"{k}: {what} {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differing if k not in changed]
     if state["seed"] != seed:
         problems.append(f"seed: {what} {state['seed']}, now {seed}")
-    if state.get("training_data_sha256") != data_sha256:
+    if "training_data_sha256" not in state:
+        problems.append("written by an older agnet (different epoch plan: it kept the incomplete last batch)")
+    elif state["training_data_sha256"] != data_sha256:
         problems.append("manifest: the training data (paths or labels of the training rows) changed since then")
     if problems and finished:
         raise AgnetError(

@@ -323,8 +323,9 @@ def _complete_run(model_path: Path, settings: TrainSettings, seed: int, data_sha
         record = load_checkpoint(model_path)["record"]
     except (KeyError, TypeError):
         raise AgnetError(f"{model_path}: not a model written by `agnet train`; delete it to train this run") from None
-    state = {"settings": record["settings"], "seed": record["seed"],
-             "training_data_sha256": record.get("training_data_sha256")}
+    state = {"settings": record["settings"], "seed": record["seed"]}
+    if "training_data_sha256" in record:
+        state["training_data_sha256"] = record["training_data_sha256"]
     check_compatible(state, settings.to_dict(), seed, data_sha256, model_path, finished=True)
     return {**record, "already_complete": True}
 
