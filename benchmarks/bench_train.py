@@ -84,7 +84,7 @@ def run_epoch(manifest: Path, work: Path, name: str, overrides: dict, device: st
 
 def host_reads_per_step(manifest: Path, work: Path, overrides: dict, device: str, steps: int = 12) -> dict:
     """Host reads per optimizer step outside the logging points, and at them, over a ``steps``-step run."""
-    out = work / "host-reads"
+    out = work / f"host-reads-{len(list(work.glob('host-reads-*')))}"
     with HostReadCounter() as counter:
         record = train(settings({**overrides, "max_steps": steps, "log_every": 5}), manifest, out, seed=0,
                        device=device, cache_dir=work / "cache", progress=False)
@@ -186,8 +186,12 @@ def main() -> int:
             if args.write:
                 write_gpu_section(gpu, args)
             return 0
-        results.append(run_epoch(manifest, work, "cpu-demo", demo, "cpu"))
-        results.append(run_epoch(manifest, work, "cpu-paper", {**paper, "max_steps": args.paper_steps}, "cpu"))
+        results.append(run_epoch(manifest, work, "cpu-demo", {**demo, "decoded_cache": False}, "cpu"))
+        results.append(run_epoch(manifest, work, "cpu-demo-cache", {**demo, "decoded_cache": "auto"}, "cpu"))
+        results.append(run_epoch(manifest, work, "cpu-demo-bf16-cl", {**demo, "decoded_cache": "auto", "amp": "on",
+                                                                       "channels_last": "on"}, "cpu"))
+        results.append(run_epoch(manifest, work, "cpu-paper", {**paper, "max_steps": args.paper_steps,
+                                                                "decoded_cache": False}, "cpu"))
         reads = host_reads_per_step(manifest, work, demo, "cpu")
         reads_bf16 = host_reads_per_step(manifest, work, {**demo, "amp": "on", "channels_last": "on"}, "cpu")
         for size in ((64, 64), (224, 224)):
