@@ -85,7 +85,7 @@ def test_train_command_writes_model_and_log(tmp_path, capsys):
                     "embedding_dim: 16, epochs: 1, batch_size: 8, workers: 0}\n")
     args = ["train", "--config", str(REPO / "config.yaml"), "--config", str(tiny), "--manifest",
             str(tmp_path / "m.parquet"), "--variant", "only_id", "--seed", "0", "--out", str(tmp_path / "run"),
-            "--threads", "1", "--no-progress"]
+            "--threads", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     assert "trained only_id seed 0: 1 epochs" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "train_log.csv").is_file()
