@@ -1,15 +1,21 @@
-"""Collect every ``metrics.json`` into tidy tables the report stage reads.
+"""Collect the per-run metrics files into tidy tables the report stage reads.
+
+A metrics file (written by ``agnet evaluate``) holds one run's records: ``provenance`` (dataset label,
+variant, seed and the sha256 of the features, model and manifest they came from) and ``records`` (one
+per descriptor × protocol). Nothing is read from folder names.
 
 ``runs.csv``/``runs.parquet``: one row per (dataset, variant, seed, descriptor, protocol) with mAP,
-Rank-1/5/10, mINP, counts, distance and (VehicleID) the trial std. ``summary.csv``/``.parquet``:
-the same grouped over seeds — mean, std (ddof 1; 0 for a single seed) and the number of seeds.
-``cmc.parquet``: the CMC curves in long form (dataset, variant, seed, descriptor, protocol, rank, cmc).
+Rank-1/5/10, mINP, counts, distance, (VehicleID) the trial std, (VeRi+STR) λ, and the hashes of the
+features and model. ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std (ddof 1; 0 for
+a single seed) and the number of seeds. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
+seed, descriptor, protocol, rank, cmc).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,42 +24,70 @@ from agnet.errors import AgnetError
 
 KEYS = ["dataset", "variant", "seed", "descriptor", "protocol"]
 VALUES = ["mAP", "rank1", "rank5", "rank10", "mINP", "official_mAP"]
+OUTPUTS = ("runs.csv", "runs.parquet", "summary.csv", "summary.parquet", "cmc.parquet")
 
 
-def cmc_rows(path: Path, row: dict) -> list[dict]:
-    """The CMC curve of one metrics file, one row per rank (1-based)."""
-    cmc = json.loads(path.read_text())["cmc"]
-    keys = {k: row[k] for k in KEYS}
-    return [{**keys, "rank": rank, "cmc": value} for rank, value in enumerate(cmc, start=1)]
-
-
-def metrics_row(path: Path) -> dict:
-    """One tidy row from ``results/runs/<dataset>/<variant>/seed<S>/metrics/<descriptor>/<protocol>.json``."""
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A metrics file of ``agnet evaluate``: ``{"provenance": ..., "records": [...]}`` (checked)."""
+    path = Path(path)
     try:
-        record = json.loads(path.read_text())
-        dataset, variant, seed_dir = path.parts[-6:-3]
-        seed = int(seed_dir.removeprefix("seed"))
-    except (OSError, ValueError, IndexError) as error:
-        raise AgnetError(f"{path}: not a metrics file of a run directory ({error})") from None
-    row = {"dataset": dataset, "variant": variant, "seed": seed, "descriptor": record["descriptor"],
-           "protocol": record["protocol"], "distance": record["distance"],
-           "num_queries": record["num_queries"], "num_gallery": record["num_gallery"]}
-    for key in VALUES:
-        row[key] = record.get(key)
-        if f"{key}_std" in record:
-            row[f"{key}_trial_std"] = record[f"{key}_std"]
-    if "str" in record:
-        row["str_lambda"] = record["str"]["lambda"]
-    return row
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AgnetError(f"{path}: unreadable metrics file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not data["records"]:
+        raise AgnetError(f"{path}: not a metrics file of `agnet evaluate` (no 'records')")
+    provenance = data.get("provenance")
+    missing = [k for k in ("dataset", "variant", "seed") if not isinstance(provenance, dict) or k not in provenance]
+    if missing:
+        raise AgnetError(f"{path}: the metrics' provenance lacks {', '.join(missing)}")
+    for i, record in enumerate(data["records"]):
+        absent = [k for k in ("descriptor", "protocol", "distance", "mAP", "cmc", "num_queries", "num_gallery")
+                  if k not in record]
+        if absent:
+            raise AgnetError(f"{path}: record {i} lacks {', '.join(absent)}")
+    return data
 
 
-def aggregate(paths: list[Path], out_dir: str | Path) -> pd.DataFrame:
-    """Write runs.{csv,parquet} and summary.{csv,parquet} to ``out_dir``; returns the summary."""
+def metrics_rows(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(tidy rows, CMC rows) of one metrics file."""
+    data = read_metrics(path)
+    provenance = data["provenance"]
+    rows, cmc = [], []
+    for record in data["records"]:
+        row = {"dataset": str(provenance["dataset"]), "variant": str(provenance["variant"]),
+               "seed": int(provenance["seed"]), "descriptor": record["descriptor"], "protocol": record["protocol"],
+               "distance": record["distance"], "num_queries": record["num_queries"],
+               "num_gallery": record["num_gallery"]}
+        for key in VALUES:
+            row[key] = record.get(key)
+            if f"{key}_std" in record:
+                row[f"{key}_trial_std"] = record[f"{key}_std"]
+        if "str" in record:
+            row["str_lambda"] = record["str"]["lambda"]
+        row["features_sha256"] = provenance.get("features_sha256")
+        row["model_sha256"] = provenance.get("model_sha256")
+        rows.append(row)
+        keys = {k: row[k] for k in KEYS}
+        cmc += [{**keys, "rank": rank, "cmc": value} for rank, value in enumerate(record["cmc"], start=1)]
+    return rows, cmc
+
+
+def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
+    """Write runs.{csv,parquet}, summary.{csv,parquet} and cmc.parquet to ``out_dir``; returns the summary."""
     if not paths:
         raise AgnetError("no metrics files to aggregate")
-    rows = [metrics_row(Path(p)) for p in paths]
+    rows: list[dict] = []
+    cmc_rows: list[dict] = []
+    for path in paths:
+        some, curves = metrics_rows(path)
+        rows += some
+        cmc_rows += curves
     runs = pd.DataFrame(rows).sort_values(KEYS).reset_index(drop=True)
-    cmc = pd.DataFrame([r for p, row in zip(paths, rows, strict=True) for r in cmc_rows(Path(p), row)])
+    twice = runs[runs.duplicated(KEYS, keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        raise AgnetError("two metrics files hold the same result: " + ", ".join(f"{k} {first[k]}" for k in KEYS))
+    cmc = pd.DataFrame(cmc_rows)
     values = [v for v in VALUES if runs[v].notna().any()]
     grouped = runs.groupby(["dataset", "variant", "descriptor", "protocol", "distance"], sort=True)
     summary = grouped[values].agg(["mean", "std"])

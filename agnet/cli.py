@@ -6,9 +6,12 @@
     agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}] [--holdout-vehicles N]
     agnet data grid {veri,vehicleid} ROOT -o GRID.png
     agnet train --config CONFIG [--config MORE] --manifest MANIFEST.parquet --variant VARIANT --seed S --out RUN_DIR [--resume]
-    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt
-    agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet --descriptor D --protocol P -o METRICS.json
+    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt [--dataset NAME]
+    agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet [--model MODEL.pt] -o METRICS.json
+                   [--descriptor D ...] [--protocol P ...]      (default: every descriptor x protocol of the config)
     agnet aggregate METRICS.json ... --out DIR
+    agnet report figures --config CONFIG --cmc CMC.parquet --illustrate DATASET FEATURES MANIFEST ...
+                   --train-log VARIANT TRAIN_LOG.csv ... --out DIR
     agnet weights fetch BACKBONE --cache DIR
     agnet config check CONFIG.yaml [MORE.yaml ...]
 
@@ -16,6 +19,8 @@ ROOT is a dataset directory or the ``dataset.json`` written by ``agnet data fetc
 (bad input, missing data, a full disk, a missing or unreadable file) print one ``agnet: error: ...``
 line and exit with status 1; a bad flag prints one ``agnet CMD: error: ...`` line and exits with 2.
 ``AGNET_DEBUG=1`` shows the traceback of a converted error instead.
+Progress and status messages go through :mod:`logging` to stderr, configured once here
+(``--log-level``, ``-v``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import errno
 import json
 import os
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +142,19 @@ def _report(message: str, max_lines: int | None = MAX_ERROR_LINES) -> None:
     if max_lines is not None and len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], f"... ({len(lines) - max_lines + 1} more lines)"]
     print("agnet: error: " + "\n".join(lines), file=sys.stderr)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = logging.getLogger("agnet")
+
+
+def configure_logging(level: str) -> None:
+    """Send the package's log records to stderr at ``level`` (called once per run of the program)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("agnet")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -245,10 +264,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(paths):
+def _config(paths):
     from agnet.config import load_config
 
-    return load_config(*paths)["evaluation"]
+    return load_config(*paths)
+
+
+def _eval_config(paths):
+    return _config(paths)["evaluation"]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -260,17 +283,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    training = _config(args.config)["training"]
     provenance = extract(args.model, args.manifest, args.out, evaluation["alpha"],
                          batch_size=evaluation["batch_size"], workers=evaluation["workers"], device=args.device,
+                         dataset=args.dataset, amp=training.get("amp"), channels_last=training.get("channels_last"),
                          progress=not args.no_progress)
-    print(f"wrote {args.out} ({provenance['variant']} seed {provenance['seed']}, {provenance['device']})")
+    log.info("wrote %s (%s, %s seed %s, %s)", args.out, provenance["dataset"], provenance["variant"],
+             provenance["seed"], provenance["device"])
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agnet.atomic import write_text
+    from agnet.data.fetch import sha256_file
     from agnet.data.manifest import read_manifest
-    from agnet.evaluate import EvalSettings, run_protocol
-    from agnet.extract import load_features
+    from agnet.evaluate import EvalSettings, default_protocols, evaluate_run
+    from agnet.extract import check_features, load_features
 
     evaluation = _eval_config(args.config)
     settings = EvalSettings(distance=evaluation["distance"], max_rank=evaluation["max_rank"],
@@ -278,11 +306,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             str_lambdas=tuple(evaluation["str"]["lambdas"]),
                             str_same_camera=evaluation["str"]["same_camera"])
     frame, meta = read_manifest(args.manifest)
-    record = run_protocol(load_features(args.features), frame, meta, args.descriptor, args.protocol, settings)
-    from agnet.atomic import write_text
-
-    write_text(args.output, json.dumps(record, indent=2) + "\n")
-    print(f"{args.protocol} {args.descriptor}: mAP {100 * record['mAP']:.2f}, Rank-1 {100 * record['rank1']:.2f}")
+    features = load_features(args.features)
+    check_features(features, args.features, manifest_path=args.manifest, model_path=args.model)
+    descriptors = list(dict.fromkeys(args.descriptor or evaluation["descriptors"]))
+    protocols = list(dict.fromkeys(args.protocol or default_protocols(frame, meta, evaluation)))
+    records = evaluate_run(features, frame, meta, descriptors, protocols, settings)
+    provenance = {**features["provenance"], "features": str(args.features), "features_sha256": sha256_file(args.features)}
+    provenance.setdefault("dataset", meta["format"])
+    document = {"provenance": provenance, "evaluation": {**evaluation, "str": dict(evaluation["str"])},
+                "records": records}
+    write_text(args.output, json.dumps(document, indent=2) + "\n")
+    for record in records:
+        log.info("%s %s: mAP %.2f, Rank-1 %.2f", record["protocol"], record["descriptor"], 100 * record["mAP"],
+                 100 * record["rank1"])
+    log.info("wrote %d results to %s", len(records), args.output)
     return 0
 
 
@@ -290,7 +327,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     from agnet.aggregate import aggregate
 
     summary = aggregate(args.metrics, args.out)
-    print(f"aggregated {len(args.metrics)} metrics files into {args.out}/summary.csv ({len(summary)} rows)")
+    log.info("aggregated %d metrics files into %s/summary.csv (%d rows)", len(args.metrics), args.out, len(summary))
     return 0
 
 
@@ -324,8 +361,12 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     from agnet.config import load_config
     from agnet.report.make_figures import make_figures
 
-    written = make_figures(load_config(*args.config), args.metrics, args.runs, args.out)
-    print(f"wrote {len(written)} figure files to {args.out}")
+    illustrate = {name: (features, manifest) for name, features, manifest in args.illustrate}
+    logs: dict[str, list[Path]] = {}
+    for variant, path in args.train_log:
+        logs.setdefault(variant, []).append(Path(path))
+    written = make_figures(load_config(*args.config), args.cmc, illustrate, logs, args.out)
+    log.info("wrote %d figure files to %s", len(written), args.out)
     return 0
 
 
@@ -353,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agnet`` program."""
     parser = _Parser(prog="agnet", description="AGNet vehicle re-ID reproducibility suite.")
     parser.add_argument("--version", action="version", version=f"agnet {__version__}")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="messages shown on stderr (default: info)")
+    parser.add_argument("-v", "--verbose", action="store_const", const="debug", dest="log_level",
+                        help="same as --log-level debug")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{data,train,extract,evaluate,aggregate,report,weights,config}")
 
     data = groups.add_parser("data", help="obtain, synthesise, verify and index datasets")
@@ -440,18 +484,22 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
     extract.add_argument("--out", type=_output_file, required=True)
+    extract.add_argument("--dataset", help="dataset label recorded with the features (default: the manifest's format)")
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     extract.add_argument("--threads", type=_positive)
     extract.add_argument("--no-progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 
-    evaluate = groups.add_parser("evaluate", help="CMC/mAP of one descriptor under one protocol")
+    evaluate = groups.add_parser("evaluate", help="CMC/mAP of a trained run: every descriptor x protocol, or those given")
     _add_config(evaluate)
     evaluate.add_argument("--features", type=Path, required=True)
     evaluate.add_argument("--manifest", type=Path, required=True)
-    evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), required=True)
-    evaluate.add_argument("--protocol", required=True, help="veri, veri-str or vehicleid-<N>")
-    evaluate.add_argument("-o", "--output", type=_output_file, required=True)
+    evaluate.add_argument("--model", type=Path, help="model.pt the features must come from (sha256 checked)")
+    evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), action="append",
+                          help="only this descriptor (repeatable; default: evaluation.descriptors)")
+    evaluate.add_argument("--protocol", action="append",
+                          help="only this protocol: veri, veri-str or vehicleid-<N> (repeatable; default: all)")
+    evaluate.add_argument("-o", "--output", type=_output_file, required=True, help="metrics JSON of the run")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     aggregate = groups.add_parser("aggregate", help="collect metrics files into tidy tables")
@@ -474,8 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     claims.set_defaults(func=_cmd_report_claims)
     figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
     _add_config(figures)
-    figures.add_argument("--metrics", type=Path, required=True, help="results/metrics (cmc.parquet)")
-    figures.add_argument("--runs", type=Path, required=True, help="results/runs")
+    figures.add_argument("--cmc", type=Path, required=True, help="cmc.parquet written by `agnet aggregate`")
+    figures.add_argument("--illustrate", nargs=3, action="append", default=[], metavar=("DATASET", "FEATURES", "MANIFEST"),
+                         help="features and manifest of the run shown in Fig. 7/8 for a dataset (repeat per format)")
+    figures.add_argument("--train-log", nargs=2, action="append", default=[], metavar=("VARIANT", "LOG"),
+                         help="a train_log.csv of the VeRi dataset and its variant (repeat per variant and seed)")
     figures.add_argument("--out", type=Path, required=True)
     figures.set_defaults(func=_cmd_report_figures)
 
@@ -499,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit status."""
     args = build_parser().parse_args(argv)
     debug = os.environ.get("AGNET_DEBUG", "") not in ("", "0")
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except AgnetError as error:

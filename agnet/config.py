@@ -1,4 +1,5 @@
-"""Workflow configuration: load, fill defaults, and validate against ``workflow/schemas/config.schema.yaml``.
+"""Workflow configuration: load, fill defaults, and validate against the schema shipped in the package
+(``agnet/schemas/config.schema.yaml``, package data, so an installed ``agnet`` validates without a checkout).
 
 :func:`validate_config` is the one validation: ``agnet config check``, every command taking ``--config``
 and the workflow (``workflow/rules/common.smk``) all call it.
@@ -20,7 +21,7 @@ import yaml
 
 from agnet.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 def _with_defaults(validator_class):
@@ -90,7 +91,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """Read the JSON schema (YAML syntax)."""
     if not path.is_file():
-        raise ConfigError(f"config schema not found at {path} (run from a checkout of the repository)")
+        raise ConfigError(f"config schema not found at {path} (a broken installation: reinstall agnet)")
     return yaml.safe_load(path.read_text())
 
 
@@ -153,3 +154,18 @@ def load_config(*paths: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
         config = deep_merge(config, loaded)
     return validate_config(config, source=" + ".join(map(str, paths)))
+
+
+def figure_run(config: dict[str, Any]) -> tuple[str, int]:
+    """The (variant, seed) whose features the report illustrates (Fig. 7/8), from ``figures`` in the config:
+    ``variant`` default AGNet-ASL if trained, else the last of ``train_variants``; ``seed`` default the first."""
+    chosen = config.get("figures") or {}
+    variants, seeds = config["train_variants"], config["seeds"]
+    variant = chosen.get("variant") or ("agnet_asl" if "agnet_asl" in variants else variants[-1])
+    seed = chosen.get("seed")
+    seed = seeds[0] if seed is None else seed
+    if variant not in variants:
+        raise ConfigError(f"figures.variant: {variant!r} is not trained (train_variants: {', '.join(variants)})")
+    if seed not in seeds:
+        raise ConfigError(f"figures.seed: {seed} is not trained (seeds: {', '.join(map(str, seeds))})")
+    return variant, seed

@@ -226,3 +226,64 @@ def run_protocol(features, frame: pd.DataFrame, meta: dict, descriptor: str, pro
     distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[settings.distance]
     return {"protocol": protocol, "descriptor": descriptor, "distance": distance, "ap": "non-interpolated",
             **record, "provenance": features["provenance"]}
+
+
+# ------------------------------------------------------------------------------------------- per run
+
+
+def default_protocols(frame: pd.DataFrame, meta: dict, evaluation: dict[str, Any]) -> list[str]:
+    """The protocols of a dataset under the ``evaluation`` config section: VeRi ``veri`` (+ ``veri-str`` when
+    enabled); VehicleID one per configured test size the manifest has (all of its lists if it has none of them)."""
+    if meta.get("format") == "veri":
+        return ["veri"] + (["veri-str"] if evaluation.get("str", {}).get("enabled", False) else [])
+    lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+    wanted = [size for size in evaluation.get("vehicleid_test_sizes", []) if size in lists]
+    return [f"vehicleid-{size}" for size in (wanted or lists)]
+
+
+def evaluate_run(features, frame: pd.DataFrame, meta: dict, descriptors, protocols,
+                 settings: EvalSettings) -> list[dict[str, Any]]:
+    """Every descriptor × protocol of one trained run from one loaded features file and manifest.
+
+    Each record is exactly what :func:`run_protocol` returns for that pair (spatio-temporal λ is tuned
+    once per descriptor, inside its ``veri-str`` record), without the shared ``provenance``."""
+    records = []
+    for descriptor in descriptors:
+        for protocol in protocols:
+            record = run_protocol(features, frame, meta, descriptor, protocol, settings)
+            record.pop("provenance", None)
+            records.append(record)
+    return records
+
+
+def query_gallery(frame: pd.DataFrame, protocol: str, *, trial: int = 0,
+                  trial_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """The query and gallery rows a protocol evaluates, and whether its junk rule (same vehicle, same
+    camera) applies: VeRi's query vs gallery split; VehicleID's trial ``trial`` of ``test_list_<N>``."""
+    if protocol in ("veri", "veri-str"):
+        query, gallery = _veri_split(frame)
+        return query.reset_index(drop=True), gallery.reset_index(drop=True), True
+    if protocol.startswith("vehicleid-") and protocol.removeprefix("vehicleid-").isdigit():
+        size = int(protocol.removeprefix("vehicleid-"))
+        column = f"in_test_{size}"
+        if column not in frame:
+            lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+            raise AgnetError(f"no test_list_{size}.txt in this dataset (lists: {lists})")
+        test = frame[(frame["split"] == "test") & frame[column]].reset_index(drop=True)
+        q, g = vehicleid_trial(test, size, trial, trial_seed)
+        return test.iloc[q].reset_index(drop=True), test.iloc[g].reset_index(drop=True), False
+    raise AgnetError(f"unknown protocol {protocol!r} (veri, veri-str or vehicleid-<N>)")
+
+
+def features_of(features, descriptor: str, paths) -> torch.Tensor:
+    """Rows of one descriptor for ``paths`` (manifest keys), float32; an error names what is missing."""
+    return _features_for(features, descriptor, pd.Series(list(paths)))
+
+
+def has_true_match(query: pd.DataFrame, gallery: pd.DataFrame, junk_rule: bool) -> np.ndarray:
+    """Per query: whether the gallery holds its vehicle outside the junk (the queries a protocol scores)."""
+    if not junk_rule:
+        return query["vehicle_id"].isin(set(gallery["vehicle_id"])).to_numpy()
+    cameras_of = gallery.groupby("vehicle_id")["camera_id"].agg(set).to_dict()
+    return np.array([bool(cameras_of.get(v, set()) - {c}) for v, c in zip(query["vehicle_id"], query["camera_id"])],
+                    dtype=bool)

@@ -6,14 +6,21 @@
 * ``Attr`` (N, D), ``ID`` (N, D), ``All`` (N, 2D): the descriptors, ``All = [Attr, (1 − α)·ID]``, stored as
   float16 unit vectors plus float32 norms (``<name>_norm``, (N, 1)) — compact, and safe from float16
   overflow; :func:`load_features` multiplies them back (float32);
-* ``provenance``: variant, seed, model file sha256, α, input size, device, precision, versions.
+* ``provenance``: dataset label, variant, seed, sha256 of the model and of the manifest, α, input size,
+  device, precision, versions. :func:`check_features` compares these hashes with the files a later
+  step is given, so features of a retrained model or of another dataset are refused, never used.
 
-On a GPU, inference runs under autocast (bf16 where supported) with channels_last; on a CPU in
-float32. Images are resized to the training input size without augmentation.
+Device and precision follow the same rules as training (:mod:`agnet.device`): on a GPU autocast
+(bf16 where supported) and channels_last unless the ``amp``/``channels_last`` settings say ``off``;
+on a CPU float32. Images are decoded by :mod:`agnet.images` and resized to the training input size
+without augmentation. A model trained on another dataset (a different format, class count or
+attribute vocabulary than the manifest's training split) is refused before any image is read.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -22,33 +29,78 @@ import torch
 from tqdm import tqdm
 
 from agnet import __version__
+from agnet.atomic import atomic_path
 from agnet.data.fetch import sha256_file
 from agnet.data.manifest import read_manifest
+from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
+from agnet.images import load_tensor
 from agnet.model import AGNet, build_trunk, descriptors
-from agnet.train.checkpoint import save_checkpoint
-from agnet.train.data import load_resized, to_tensor
 from agnet.train.settings import TrainSettings, from_dict
 
 DESCRIPTORS = ("Attr", "ID", "All")
+
+log = logging.getLogger(__name__)
 
 
 def load_trained(model_path: str | Path) -> tuple[AGNet, TrainSettings, dict[str, Any]]:
     """Rebuild a trained AGNet from ``model.pt`` (strict: every weight must match)."""
     model_path = Path(model_path)
+    if not model_path.is_file():
+        raise AgnetError(f"{model_path}: model file not found (train the run first with `agnet train`)")
     try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unreadable or unpicklable: the same to the user
+        raise AgnetError(f"{model_path}: not a model written by `agnet train` ({_first_line(error)})") from None
+    if isinstance(state, dict) and "optimizer" in state and "record" not in state:
+        raise AgnetError(f"{model_path}: this is a training checkpoint, not a finished model; finish the run with "
+                         "`agnet train ... --resume` and pass its model.pt")
+    if isinstance(state, dict) and "provenance" in state and "paths" in state:
+        raise AgnetError(f"{model_path}: this is a features file, not a model; pass the run's model.pt")
+    try:
         record = state["record"]
         settings = from_dict(record["settings"])
-    except Exception as error:  # noqa: BLE001 - unreadable, unpicklable or incomplete: the same to the user
-        raise AgnetError(f"{model_path}: not a model written by `agnet train` ({error})") from None
+        weights = state["model"]
+    except Exception as error:  # noqa: BLE001 - incomplete: the same to the user
+        raise AgnetError(f"{model_path}: not a model written by `agnet train` (missing {error})") from None
     model = AGNet(build_trunk(settings.backbone), record["num_classes"], len(record["color_names"]),
                   len(record["type_names"]), settings.embedding_dim)
     try:
-        model.load_state_dict(state["model"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as error:
-        raise AgnetError(f"{model_path}: weights do not fit the model they describe ({error})") from None
+        details = " ".join(str(error).split())
+        details = details if len(details) <= 300 else details[:300] + " ..."
+        raise AgnetError(f"{model_path}: weights do not fit the model they describe ({details})") from None
     return model.eval(), settings, record
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def check_model_fits(record: dict[str, Any], frame, meta: dict, model_path: Path, manifest_path: Path) -> None:
+    """Refuse a model trained on another dataset than the manifest's: format, identity classes of the
+    training split, colour and type names must all agree (the manifest file itself may be rebuilt)."""
+    problems = []
+    if record.get("dataset_format") != meta.get("format"):
+        problems.append(f"format {record.get('dataset_format')!r} vs {meta.get('format')!r}")
+    train = frame.loc[frame["split"] == "train", "class_id"]
+    classes = int(train.max()) + 1 if len(train) and train.notna().any() else 0
+    if record.get("num_classes") != classes:
+        problems.append(f"{record.get('num_classes')} identity classes vs {classes} in the training split")
+    for key in ("color_names", "type_names"):
+        if list(record.get(key) or []) != list(meta.get(key) or []):
+            problems.append(f"different {key.replace('_', ' ')}")
+    if problems:
+        raise AgnetError(f"{model_path} was trained on another dataset than {manifest_path} ("
+                         + "; ".join(problems) + "); pass the manifest the model was trained on")
+
+
+def evaluation_paths(frame) -> list[str]:
+    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
+    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on)."""
+    return list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
 
 
 class _Images(torch.utils.data.Dataset):
@@ -59,49 +111,65 @@ class _Images(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(load_resized(self.paths[index], self.input_size), flip=False)
+        return load_tensor(self.paths[index], self.input_size)
 
 
-def evaluation_paths(frame) -> list[str]:
-    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
-    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on)."""
-    return list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
+def save_features(out_path: str | Path, stored: dict[str, Any]) -> None:
+    """Write ``stored`` atomically; a full disk or an unwritable folder is one clear error, no partial file."""
+    out_path = Path(out_path)
+    try:
+        with atomic_path(out_path) as tmp:
+            torch.save(stored, tmp)
+    except (OSError, RuntimeError) as error:
+        text = str(error)
+        full = getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text or "unexpected pos" in text
+        reason = "no space left on the device" if full else _first_line(error)
+        raise AgnetError(f"{out_path}: cannot write the features file ({reason}); nothing was written") from None
 
 
 @torch.no_grad()
 def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | Path, alpha: float, *,
-            batch_size: int = 128, workers: int = 2,
-            device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write ``features.pt`` for the evaluation images of ``manifest_path``; returns the provenance."""
+            batch_size: int = 128, workers: int = 2, device: str | None = None,
+            dataset: str | None = None, amp: str | None = None, channels_last: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Write ``features.pt`` for the evaluation images of ``manifest_path``; returns the provenance.
+
+    ``dataset`` labels the features (default: the manifest's format); ``amp``/``channels_last`` default
+    to the settings the model was trained with."""
     if not 0.0 <= alpha <= 1.0:
         raise AgnetError(f"feature alpha must be in [0, 1], got {alpha}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model_path, manifest_path = Path(model_path), Path(manifest_path)
+    device = choose_device(device)
     model, settings, record = load_trained(model_path)
     frame, meta = read_manifest(manifest_path)
+    check_model_fits(record, frame, meta, model_path, manifest_path)
     relative = evaluation_paths(frame)
     if not relative:
         raise AgnetError(f"{manifest_path}: no evaluation images")
     root = Path(meta["root"])
-    on_gpu = device.type == "cuda"
-    amp = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else (torch.float16 if on_gpu else None)
+    amp_dtype, use_channels_last = precision(amp or settings.amp, channels_last or settings.channels_last, device)
     model = model.to(device)
-    if on_gpu:
+    if use_channels_last:
         model = model.to(memory_format=torch.channels_last)
+    log.info("extracting %d images with %s on %s (%s)", len(relative), model_path, device, amp_dtype or "float32")
     loader = torch.utils.data.DataLoader(_Images([str(root / p) for p in relative], settings.input_size),
-                                         batch_size=batch_size, num_workers=workers, pin_memory=on_gpu)
+                                         batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in DESCRIPTORS}
     for images in tqdm(loader, desc="extract", disable=not progress, mininterval=5.0):
         images = images.to(device, non_blocking=True)
-        if on_gpu:
+        if use_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(images)
         for name, value in descriptors({k: v.float() for k, v in outputs.items()}, alpha).items():
             chunks[name].append(value.cpu())
     provenance = {
+        "dataset": dataset or meta["format"], "dataset_format": meta["format"],
         "variant": settings.variant, "seed": record["seed"], "model": str(model_path),
-        "model_sha256": sha256_file(Path(model_path)), "manifest": str(manifest_path), "alpha": alpha,
-        "input_size": list(settings.input_size), "device": str(device), "precision": str(amp or torch.float32),
+        "model_sha256": sha256_file(model_path), "manifest": str(manifest_path),
+        "manifest_sha256": sha256_file(manifest_path), "train_manifest_sha256": record.get("manifest_sha256"),
+        "alpha": alpha, "input_size": list(settings.input_size), "device": str(device),
+        "precision": str(amp_dtype or torch.float32), "channels_last": use_channels_last,
         "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
@@ -113,17 +181,58 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         norms = values.norm(dim=1, keepdim=True)
         stored[name] = (values / norms.clamp_min(1e-12)).to(torch.float16)
         stored[f"{name}_norm"] = norms
-    save_checkpoint(out_path, stored)
+    save_features(out_path, stored)
     return provenance
 
 
 def load_features(path: str | Path) -> dict[str, Any]:
-    """Read a ``features.pt`` written by :func:`extract`; descriptors come back as float32 (N, dim)."""
+    """Read a ``features.pt`` written by :func:`extract`; descriptors come back as float32 (N, dim).
+
+    The structure is checked: every descriptor has one row per path, paths are unique, the provenance is
+    present. Anything else is an :class:`AgnetError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AgnetError(f"{path}: features file not found (run `agnet extract` first)")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means the same to the user
-        raise AgnetError(f"{path}: unreadable features file ({error})") from None
+        raise AgnetError(f"{path}: unreadable features file ({_first_line(error)}); rerun `agnet extract`") from None
+    if not isinstance(stored, dict) or "paths" not in stored or "provenance" not in stored:
+        hint = " (this looks like a model or checkpoint)" if isinstance(stored, dict) and "model" in stored else ""
+        raise AgnetError(f"{path}: not a features file written by `agnet extract`{hint}")
+    paths = stored["paths"]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise AgnetError(f"{path}: malformed features file ('paths' must be a list of image paths)")
+    if len(set(paths)) != len(paths):
+        raise AgnetError(f"{path}: malformed features file ({len(paths) - len(set(paths))} duplicate path(s))")
     for name in DESCRIPTORS:
-        if f"{name}_norm" in stored:
-            stored[name] = stored[name].float() * stored.pop(f"{name}_norm")
+        values = stored.get(name)
+        if not torch.is_tensor(values) or values.dim() != 2:
+            raise AgnetError(f"{path}: malformed features file (descriptor {name} missing or not a matrix)")
+        if values.shape[0] != len(paths):
+            raise AgnetError(f"{path}: malformed features file ({name} has {values.shape[0]} rows for "
+                             f"{len(paths)} paths)")
+        norm = stored.pop(f"{name}_norm", None)
+        if norm is not None:
+            if not torch.is_tensor(norm) or tuple(norm.shape) != (len(paths), 1):
+                raise AgnetError(f"{path}: malformed features file ({name}_norm does not match {name})")
+            values = values.float() * norm
+        stored[name] = values.float()
     return stored
+
+
+def check_features(features: dict[str, Any], features_path: str | Path, manifest_path: str | Path | None = None,
+                   model_path: str | Path | None = None) -> None:
+    """Refuse features that were not computed from the given manifest or model (their recorded sha256)."""
+    provenance = features.get("provenance") or {}
+    for label, given, key in (("manifest", manifest_path, "manifest_sha256"), ("model", model_path, "model_sha256")):
+        if given is None:
+            continue
+        recorded = provenance.get(key)
+        if recorded is None:
+            raise AgnetError(f"{features_path}: the features do not record the {label} they came from "
+                             f"(written by an older agnet); rerun `agnet extract`")
+        actual = sha256_file(Path(given))
+        if actual != recorded:
+            raise AgnetError(f"{features_path}: stale features: they were extracted from another {label} than "
+                             f"{given} (sha256 {recorded[:12]}… vs {actual[:12]}…); rerun `agnet extract`")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
 
+from agnet.cli import main
 from agnet.config import load_config
 from agnet.data.manifest import make_manifest, read_manifest
 from agnet.data.synth.veri import synth_veri
@@ -18,7 +21,11 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("extract")
+    return make_trained(tmp_path_factory.mktemp("extract"))
+
+
+def make_trained(base):
+    """A one-epoch run on a 10-vehicle VeRi twin under ``base``: VeRi/, m.parquet, run/model.pt."""
     root = synth_veri(base / "VeRi", vehicles=10, cameras=3, seed=2, workers=1)
     make_manifest("veri", root, base / "m.parquet")
     tiny = base / "tiny.yaml"
@@ -45,6 +52,8 @@ def test_descriptors_of_every_evaluation_image(trained):
     assert features["All"].dtype == torch.float32
     torch.testing.assert_close(features["All"][:, 16:], 0.75 * features["ID"], atol=2e-3, rtol=2e-3)
     assert provenance["variant"] == "agnet_asl" and provenance["alpha"] == 0.25 and len(provenance["model_sha256"]) == 64
+    assert len(provenance["manifest_sha256"]) == 64 and provenance["dataset"] == "veri"  # default label: the format
+    assert provenance["precision"] == "torch.float32" and provenance["channels_last"] is False  # on a CPU
 
 
 def test_held_out_vehicles_are_extracted_training_images_are_not(trained, tmp_path):
@@ -69,3 +78,45 @@ def test_model_loading_is_strict(trained, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"nope")
     with pytest.raises(AgnetError, match="junk.pt: not a model written by `agnet train`"):
         load_trained(tmp_path / "junk.pt")
+
+
+def _cli_config(base):
+    tiny = base / "cli.yaml"
+    if not tiny.exists():
+        tiny.write_text(yaml.safe_dump({
+            "training": {"backbone": "resnet18_narrow", "pretrained": "none", "input_size": [32, 32],
+                         "embedding_dim": 16, "epochs": 1, "batch_size": 8, "workers": 0},
+            "evaluation": {"workers": 0, "batch_size": 16, "vehicleid_trials": 2,
+                           "str": {"enabled": True, "lambdas": [0.0, 0.3, 1.0], "tune_images": 30}}}))
+    return ["--config", str(REPO / "config.yaml"), "--config", str(tiny)]
+
+
+def test_one_evaluation_per_run_equals_the_per_protocol_results(trained, tmp_path):
+    """`agnet evaluate` of a whole run gives exactly the numbers of one job per descriptor x protocol."""
+    config = _cli_config(trained)
+    features = trained / "cli-features.pt"
+    assert main(["extract", *config, "--model", str(trained / "run" / "model.pt"), "--manifest",
+                 str(trained / "m.parquet"), "--out", str(features), "--with-train", "--dataset", "twin",
+                 "--no-progress"]) == 0
+    common = ["evaluate", *config, "--features", str(features), "--manifest", str(trained / "m.parquet"),
+              "--model", str(trained / "run" / "model.pt")]
+    assert main([*common, "-o", str(tmp_path / "all.json")]) == 0
+    whole = json.loads((tmp_path / "all.json").read_text())
+    assert [(r["descriptor"], r["protocol"]) for r in whole["records"]] == [
+        (d, p) for d in ("Attr", "ID", "All") for p in ("veri", "veri-str")]
+    assert whole["provenance"]["dataset"] == "twin" and whole["provenance"]["variant"] == "agnet_asl"
+    for record in whole["records"]:
+        out = tmp_path / f"{record['descriptor']}-{record['protocol']}.json"
+        assert main([*common, "--descriptor", record["descriptor"], "--protocol", record["protocol"],
+                     "-o", str(out)]) == 0
+        (single,) = json.loads(out.read_text())["records"]
+        assert single == record  # identical numbers, λ grid included
+
+
+def test_extraction_follows_the_precision_settings(monkeypatch):
+    from agnet import device as device_module
+
+    assert device_module.precision("auto", "auto", torch.device("cpu")) == (None, False)  # CPU: always float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert device_module.precision("on", "on", torch.device("cuda")) == (torch.bfloat16, True)
+    assert device_module.precision("off", "off", torch.device("cuda")) == (None, False)

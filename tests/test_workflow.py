@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +36,9 @@ datasets:
 """
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [*SNAKEMAKE, "-d", str(workdir), *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def test_demo_dag_covers_every_stage(tmp_path):
@@ -62,49 +66,167 @@ def test_missing_real_dataset_fails_with_how_to_obtain(tmp_path):
     assert "veri dataset not found" in log and "released by its authors on request" in log
 
 
-@pytest.mark.slow
-def test_end_to_end_on_tiny_twins(tmp_path):
-    cfg = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
+    """One run of the whole DAG on tiny twins, shared by the end-to-end and DAG-declaration tests."""
+    workdir = tmp_path_factory.mktemp("tiny-dag")
+    cfg = workdir / "tiny.yaml"
     cfg.write_text(TINY)
-    done = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg))
+    args = ("--configfile", DEMO, str(cfg))
+    done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, args
+
+
+@pytest.mark.slow
+def test_end_to_end_on_tiny_twins(tiny_run):
+    tmp_path, args = tiny_run
     for name, fmt in (("tiny-veri", "veri"), ("tiny-vehicleid", "vehicleid")):
         report = json.loads((tmp_path / f"results/data/{name}/verify.json").read_text())
         assert report["valid"] and report["format"] == fmt
         frame, meta = read_manifest(tmp_path / f"results/data/{name}/manifest.parquet")
         assert meta["format"] == fmt and len(frame) > 0
         assert all((Path(meta["root"]) / p).is_file() for p in frame["path"])
-        for step in ("synthesize", "verify", "manifest", "train/agnet_asl-seed0"):
+        for step in ("synthesize", "verify", "manifest", "train/agnet_asl-seed0", "extract/agnet_asl-seed0",
+                     "evaluate/agnet_asl-seed0"):
             assert (tmp_path / f"results/logs/{name}/{step}.log").stat().st_size > 0
         run = tmp_path / f"results/runs/{name}/agnet_asl/seed0"
         assert (run / "model.pt").is_file() and (run / "train_log.csv").is_file()
         assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 1  # the merged configs reached it
-        metrics = sorted(p.name for p in (run / "metrics" / "All").glob("*.json"))
-        expected = ["veri-str.json", "veri.json"] if fmt == "veri" else [f"vehicleid-{n}.json" for n in (2, 4, 6, 8)]
-        assert metrics == sorted(expected)
+        metrics = json.loads((run / "metrics.json").read_text())  # one file per run: every descriptor x protocol
+        expected = ["veri", "veri-str"] if fmt == "veri" else [f"vehicleid-{n}" for n in (2, 4, 6, 8)]
+        assert [(r["descriptor"], r["protocol"]) for r in metrics["records"]] == [("All", p) for p in expected]
+        provenance = metrics["provenance"]  # what the numbers were computed from, not guessed from folders
+        assert (provenance["dataset"], provenance["variant"], provenance["seed"]) == (name, "agnet_asl", 0)
+        assert provenance["model_sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
+        assert provenance["features_sha256"] == hashlib.sha256((run / "features.pt").read_bytes()).hexdigest()
     summary = pd.read_csv(tmp_path / "results/metrics/summary.csv")
     assert len(summary) == 6 and set(summary["descriptor"]) == {"All"} and (summary["seeds"] == 1).all()
     assert summary["mAP_mean"].between(0, 1).all()
+    runs = pd.read_parquet(tmp_path / "results/metrics/runs.parquet")
+    assert len(runs) == 6 and runs["model_sha256"].str.len().eq(64).all()
     for n in range(1, 5):
         assert "SYNTHETIC TWIN" in (tmp_path / f"results/tables/table{n}.md").read_text()
         assert (tmp_path / f"results/tables/table{n}.tex").read_text().startswith("\\begin{table*}")
     assert "Synthetic twins, not the real datasets" in (tmp_path / "results/claims.md").read_text()
     for figure in ("fig5_cmc_veri", "fig6_cmc_vehicleid", "fig7_tsne", "fig8_retrieval_veri", "training_curves"):
         assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 10_000
-    report = snakemake(tmp_path, "--configfile", DEMO, str(cfg), "--report", str(tmp_path / "report.html"))
+    report = snakemake(tmp_path, *args, "--report", str(tmp_path / "report.html"))
     assert report.returncode == 0, report.stderr[-2000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "claims.md" in html and "fig5_cmc_veri.png" in html
-    again = snakemake(tmp_path, "--cores", "2", "--configfile", DEMO, str(cfg), "-n")
+    assert "claims.md" in html and "fig5_cmc_veri.png" in html and "summary.csv" in html
+    again = snakemake(tmp_path, "--cores", "2", *args, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone
+
+
+def _summary(workdir: Path, args) -> pd.DataFrame:
+    done = snakemake(workdir, *args, "--summary")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return pd.read_csv(io.StringIO(done.stdout), sep="\t")
+
+
+def test_every_file_the_dag_leaves_is_declared(tiny_run):
+    workdir, args = tiny_run
+    summary = _summary(workdir, args)
+    assert (summary["status"] == "ok").all(), summary[summary["status"] != "ok"].to_string()
+    declared = set(summary["output_file"])
+    logs = {p.strip() for cell in summary["log-file(s)"].dropna() for p in str(cell).split(",")}
+    directories = [d for d in declared if (workdir / d).is_dir()]
+    undeclared = []
+    for path in sorted((workdir / "results").rglob("*")):
+        name = path.relative_to(workdir).as_posix()
+        if path.is_dir() or name in declared or name in logs or name.startswith("results/benchmarks/"):
+            continue  # benchmark files are declared by the rules' `benchmark:` directive
+        if any(name.startswith(d + "/") for d in directories):
+            continue
+        undeclared.append(name)
+    assert undeclared == []
+    # Nothing read or run differs from what the DAG recorded (params are checked by the "Nothing to be done" dry
+    # run of the end-to-end test: Snakemake 9's `--list-changes params` flags every job whose params are functions).
+    for change in ("input", "code"):
+        listed = snakemake(workdir, *args, "--list-changes", change)
+        assert listed.returncode == 0 and not [ln for ln in listed.stdout.splitlines() if ln.startswith("results/")]
+
+
+# What each job of the tiny DAG reads, written from the `agnet` commands (not from the Snakefile): deleting a
+# file must rerun the job that writes it and every job downstream of that, and nothing else.
+_DS = ("tiny-veri", "tiny-vehicleid")
+_READERS = {
+    **{f"synthesize:{d}": [f"verify:{d}", f"manifest:{d}"] for d in _DS},
+    **{f"verify:{d}": [f"manifest:{d}"] for d in _DS},
+    **{f"manifest:{d}": [f"train:{d}", f"extract:{d}", f"evaluate:{d}", "figures"] for d in _DS},
+    "train:tiny-veri": ["extract:tiny-veri", "evaluate:tiny-veri", "figures"],  # model.pt, train_log.csv
+    "train:tiny-vehicleid": ["extract:tiny-vehicleid", "evaluate:tiny-vehicleid"],
+    **{f"extract:{d}": [f"evaluate:{d}", "figures"] for d in _DS},  # the illustrated run's features
+    **{f"evaluate:{d}": ["aggregate"] for d in _DS},
+    "aggregate": ["tables", "claims", "figures"],
+}
+_RUN = "results/runs/tiny-veri/agnet_asl/seed0"
+_DELETIONS = {
+    "results/data/tiny-veri/root": "synthesize:tiny-veri",
+    "results/data/tiny-veri/dataset.json": "synthesize:tiny-veri",
+    "results/data/tiny-veri/verify.json": "verify:tiny-veri",
+    "results/data/tiny-veri/manifest.parquet": "manifest:tiny-veri",
+    "results/data/tiny-vehicleid/manifest.parquet": "manifest:tiny-vehicleid",
+    f"{_RUN}/model.pt": "train:tiny-veri",
+    f"{_RUN}/train_log.csv": "train:tiny-veri",
+    f"{_RUN}/run.json": "train:tiny-veri",
+    f"{_RUN}/features.pt": "extract:tiny-veri",
+    "results/runs/tiny-vehicleid/agnet_asl/seed0/features.pt": "extract:tiny-vehicleid",
+    f"{_RUN}/metrics.json": "evaluate:tiny-veri",
+    **{f"results/metrics/{n}": "aggregate" for n in ("summary.csv", "summary.parquet", "runs.csv", "runs.parquet",
+                                                      "cmc.parquet")},
+}
+
+
+def _dependants(job: str) -> set[str]:
+    todo, seen = [job], set()
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += _READERS.get(current, [])
+    return seen
+
+
+def _planned_jobs(text: str) -> set[str]:
+    """`rule:dataset` of every job a dry run lists (the dataset read from its first output)."""
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        match = re.match(r"(?:local)?rule (\w+):", block)
+        if not match or match.group(1) == "all":
+            continue
+        output = re.search(r"output: (\S+)", block)
+        where = re.search(r"results/(?:data|runs)/([^/]+)/", output.group(1)) if output else None
+        jobs.add(f"{match.group(1)}:{where.group(1)}" if where else match.group(1))
+    return jobs
+
+
+@pytest.mark.slow
+def test_deleting_a_file_reruns_exactly_what_depends_on_it(tiny_run, tmp_path):
+    workdir, args = tiny_run
+    wrong = {}
+    for name, producer in _DELETIONS.items():
+        path = workdir / name
+        backup = tmp_path / "backup"
+        shutil.move(path, backup)  # a rename keeps the modification times
+        try:
+            done = snakemake(workdir, *args, "-n")
+        finally:
+            shutil.move(backup, path)
+        planned = _planned_jobs(done.stdout)
+        if done.returncode != 0 or planned != _dependants(producer):
+            wrong[name] = (sorted(planned), sorted(_dependants(producer)), done.stderr[-500:])
+    assert wrong == {}
 
 
 def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     done = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert done.returncode == 0, done.stderr[-2000:]
     counts = dict(line.split()[:2] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1].isdigit())
-    # 2 datasets x 3 variants x 3 seeds; VeRi 3 descriptors x 2 protocols + VehicleID 3 x 4 sizes per run.
-    assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == str(9 * 6 + 9 * 12)
+    # 2 datasets x 3 variants x 3 seeds.
+    # One evaluate job per trained run (all its descriptors x protocols): as many as training jobs.
+    assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == "18"
     assert counts["tables"] == counts["claims"] == counts["figures"] == "1"
 
 
@@ -117,7 +239,7 @@ def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):
         rule = block.split("rule ", 1)[1].split(":", 1)[0]
         by_rule.setdefault(rule, []).append(block.split("resources:", 1)[1].split("\n", 1)[0])
     assert {r: len(v) for r, v in by_rule.items() if r in ("train", "extract", "evaluate")} == {
-        "train": 18, "extract": 18, "evaluate": 162}
+        "train": 18, "extract": 18, "evaluate": 18}
     for resources in by_rule["train"]:
         assert all(f in resources for f in ("gpu=1", "mem_mb=48000", "runtime=1440", "cpus_per_task=8"))
         assert "slurm_extra=--signal=USR1@300" in resources  # the walltime warning the training loop checkpoints on

@@ -7,7 +7,7 @@
 * :func:`training_curves`: every loss term per epoch, one line per variant (not in the paper).
 
 Each writes ``<out_stem>.pdf`` and ``<out_stem>.png`` atomically and returns both paths. The small
-pure helpers (:func:`row_label`, :func:`panel_order`, :func:`cmc_curves`, :func:`topk_gallery`,
+pure helpers (:func:`row_label`, :func:`panel_order`, :func:`cmc_curves`,
 :func:`choose_queries`) hold the decisions the tests check. Plotting libraries are imported lazily, so
 ``from agnet.report.figures import VARIANT_LABELS, row_label`` stays cheap for the table code.
 """
@@ -388,26 +388,6 @@ def tsne_figure(features_path: str | Path, manifest_path: str | Path, out_stem: 
 # ------------------------------------------------------------------------------------------- retrieval
 
 
-def topk_gallery(dist: np.ndarray, g_ids, k: int, *, q_ids=None, q_cams=None, g_cams=None) -> list[np.ndarray]:
-    """Per query row of ``dist`` (Q, G): the ``k`` nearest gallery positions (stable on ties). With cameras
-    given, gallery images of the query's vehicle seen by the query's camera (VeRi junk) are skipped."""
-    dist = np.asarray(dist)
-    g_ids = np.asarray(g_ids)
-    junk_rule = q_cams is not None and g_cams is not None
-    if junk_rule:
-        if q_ids is None:
-            raise ValueError("the junk rule needs the query vehicle ids")
-        q_ids, q_cams, g_cams = np.asarray(q_ids), np.asarray(q_cams), np.asarray(g_cams)
-    picks = []
-    for q in range(dist.shape[0]):
-        order = np.argsort(dist[q], kind="stable")
-        if junk_rule:
-            junk = (g_ids == q_ids[q]) & (g_cams == q_cams[q])
-            order = order[~junk[order]]
-        picks.append(order[:k])
-    return picks
-
-
 def choose_queries(q_ids, n: int, seed: int, valid=None) -> np.ndarray:
     """Positions of ``n`` queries of distinct vehicles (seeded, then ordered by vehicle id); only positions
     where ``valid`` is true (default all). Fewer if there are fewer vehicles."""
@@ -434,46 +414,35 @@ def _cell_image(path: Path, size: tuple[int, int], border: str | None, width: in
 
 def retrieval_figure(features_path: str | Path, manifest_path: str | Path, out_stem: str | Path, *,
                      descriptor: str = "All", n_queries: int = 5, top_k: int = 10, seed: int = 0,
-                     title_note: str = "") -> list[Path]:
-    """Fig. 8: ``n_queries`` queries (distinct vehicles, seeded) with their ``top_k`` gallery images by
-    Euclidean distance on L2-normalised descriptors; green frame = same vehicle, red = another vehicle.
-    VeRi: query vs gallery split, same-vehicle-same-camera junk removed, only queries that have a true
-    match; VehicleID: trial 0 (seed 0) of the smallest test list, no junk."""
-    from agnet.evaluate import vehicleid_trial
-    from agnet.metrics import pairwise_distance
+                     protocol: str | None = None, distance: str = "euclidean", title_note: str = "") -> list[Path]:
+    """Fig. 8: ``n_queries`` queries (distinct vehicles, seeded, each with a true match) with their ``top_k``
+    gallery images; green frame = same vehicle, red = another vehicle. The split, the distance and the junk
+    rule are the evaluation's own (:func:`agnet.evaluate.query_gallery`, :func:`agnet.retrieval.top_k`);
+    ``protocol`` defaults to ``veri`` on VeRi and trial 0 of the smallest test list on VehicleID."""
+    from agnet.evaluate import features_of, has_true_match, query_gallery
+    from agnet.retrieval import top_k as retrieve
 
     features, frame, meta = _load(features_path, manifest_path)
     root = Path(meta["root"])
-    if meta.get("format") == "vehicleid" or "test" in set(frame["split"]):
-        sizes = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
-        if not sizes:
-            raise AgnetError("the VehicleID manifest has no test list (in_test_<N> column)")
-        test = frame[(frame["split"] == "test") & frame[f"in_test_{sizes[0]}"]].reset_index(drop=True)
-        q_pos, g_pos = vehicleid_trial(test, sizes[0], trial=0, seed=0)
-        query, gallery = test.iloc[q_pos].reset_index(drop=True), test.iloc[g_pos].reset_index(drop=True)
-        valid = query["vehicle_id"].isin(set(gallery["vehicle_id"])).to_numpy()
-        cams = False
-        setting = f"test size {sizes[0]}, trial 0"
-    else:
-        query = frame[frame["split"] == "query"].reset_index(drop=True)
-        gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
-        if query.empty or gallery.empty:
-            raise AgnetError("the manifest has no query/gallery split")
-        cameras_of = gallery.groupby("vehicle_id")["camera_id"].agg(set).to_dict()
-        valid = np.array([bool(cameras_of.get(v, set()) - {c})  # a true match: same vehicle, another camera
-                          for v, c in zip(query["vehicle_id"], query["camera_id"])], dtype=bool)
-        cams = True
-        setting = "query vs gallery, same-camera junk removed"
-    picked = choose_queries(query["vehicle_id"].to_numpy(), n_queries, seed, valid)
+    if protocol is None:
+        if meta.get("format") == "vehicleid" or "test" in set(frame["split"]):
+            sizes = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+            if not sizes:
+                raise AgnetError(f"{manifest_path}: the VehicleID manifest has no test list (in_test_<N> column)")
+            protocol = f"vehicleid-{sizes[0]}"
+        else:
+            protocol = "veri"
+    query, gallery, cams = query_gallery(frame, protocol)
+    setting = "query vs gallery, same-camera junk removed" if cams else f"{protocol}, trial 0"
+    picked = choose_queries(query["vehicle_id"].to_numpy(), n_queries, seed, has_true_match(query, gallery, cams))
     if len(picked) == 0:
         raise AgnetError("no query has a true match in the gallery")
     query = query.iloc[picked].reset_index(drop=True)
-    dist = pairwise_distance(_normalised(features, descriptor, list(query["path"])),
-                             _normalised(features, descriptor, list(gallery["path"])), normalize=False).numpy()
     g_ids = gallery["vehicle_id"].to_numpy()
-    kwargs = ({"q_ids": query["vehicle_id"].to_numpy(), "q_cams": query["camera_id"].to_numpy(),
+    kwargs = ({"q_ids": query["vehicle_id"].to_numpy(), "g_ids": g_ids, "q_cams": query["camera_id"].to_numpy(),
                "g_cams": gallery["camera_id"].to_numpy()} if cams else {})
-    tops = topk_gallery(dist, g_ids, top_k, **kwargs)
+    tops = retrieve(features_of(features, descriptor, query["path"]), features_of(features, descriptor,
+                    gallery["path"]), top_k, distance=distance, **kwargs)
 
     def caption(item: pd.Series) -> str:
         return f"{item['vehicle_id']}/c{int(item['camera_id']) + 1:03d}" if cams else f"{item['vehicle_id']}"

@@ -24,10 +24,10 @@ from agnet.report.figures import (
     panel_title,
     retrieval_figure,
     row_label,
-    topk_gallery,
     training_curves,
     tsne_figure,
 )
+from agnet.retrieval import rank_gallery, top_k
 
 NOTE = "synthetic twin (not the real dataset)"
 
@@ -133,19 +133,29 @@ def test_cmc_figure_rejects_unknown_dataset_and_bad_tables(tmp_path):
 # ------------------------------------------------------------------------------------------- retrieval helpers
 
 
-def test_topk_gallery_skips_junk_only_with_cameras():
+def test_top_k_skips_junk_only_with_cameras():
     g_ids = np.array([7, 7, 5, 7, 9])
     g_cams = np.array([0, 1, 0, 0, 2])
     # Query: vehicle 7 seen by camera 0; gallery 0 and 3 are junk (same vehicle, same camera) and nearest.
     dist = np.array([[0.0, 0.4, 0.3, 0.1, 0.2]])
-    (with_junk_rule,) = topk_gallery(dist, g_ids, 3, q_ids=[7], q_cams=[0], g_cams=g_cams)
+    (with_junk_rule,) = rank_gallery(dist, g_ids, 3, q_ids=[7], q_cams=[0], g_cams=g_cams)
     assert with_junk_rule.tolist() == [4, 2, 1]
-    (plain,) = topk_gallery(dist, g_ids, 3)  # VehicleID: no junk
+    (plain,) = rank_gallery(dist, g_ids, 3)  # VehicleID: no junk
     assert plain.tolist() == [0, 3, 4]
-    (short,) = topk_gallery(dist, g_ids, 10, q_ids=[7], q_cams=[0], g_cams=g_cams)
+    (short,) = rank_gallery(dist, g_ids, 10, q_ids=[7], q_cams=[0], g_cams=g_cams)
     assert short.tolist() == [4, 2, 1]  # fewer than k left after junk removal
-    ties = topk_gallery(np.zeros((2, 4)), np.arange(4), 2)
+    ties = rank_gallery(np.zeros((2, 4)), np.arange(4), 2)
     assert [t.tolist() for t in ties] == [[0, 1], [0, 1]]  # stable on ties
+
+
+def test_top_k_ranks_by_the_evaluation_distance():
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]])
+    query = torch.tensor([[2.0, 0.1]])  # normalised: nearest is gallery 0, then 2, then 1
+    for distance in ("euclidean", "cosine"):
+        (order,) = top_k(query, gallery, 3, distance=distance)
+        assert order.tolist() == [0, 2, 1]
+    (junk,) = top_k(query, gallery, 2, q_ids=[5], g_ids=[5, 6, 7, 8], q_cams=[1], g_cams=[1, 0, 0, 0])
+    assert junk.tolist() == [2, 1]  # gallery 0 is the same vehicle seen by the same camera
 
 
 def test_choose_queries_distinct_vehicles_deterministic():

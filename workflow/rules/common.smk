@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from agnet.config import validate_config  # noqa: E402  (needs the checkout on sys.path)
+# The agnet imports need the checkout on sys.path (above).
+from agnet.config import figure_run, validate_config  # noqa: E402
 from agnet.data.constants import release_twin_test_size, twin_test_sizes  # noqa: E402
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.train.settings import resolve_settings  # noqa: E402
@@ -16,6 +17,7 @@ from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
     validate_config(config, source="config")  # the same checks as `agnet config check`
+    FIGURE_VARIANT, FIGURE_SEED = figure_run(config)
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
 
@@ -82,11 +84,19 @@ def variant_settings(wildcards):
 
 
 def weights_input(wildcards):
-    """The ImageNet weights record a run needs, if its variant starts from ImageNet."""
+    """The ImageNet weights (record and folder) a run needs, if its variant starts from ImageNet."""
     settings = resolve_settings(config, wildcards.variant)
     if settings.pretrained != "imagenet":
         return []
-    return f"results/weights/{settings.backbone}.json"
+    return [
+        f"results/weights/{settings.backbone}.json",
+        f"results/weights/{settings.backbone}",
+    ]
+
+
+def weights_cache(wildcards):
+    """Folder `agnet train` reads the ImageNet weights of the run's backbone from."""
+    return f"results/weights/{resolve_settings(config, wildcards.variant).backbone}"
 
 
 def config_args(wildcards):
@@ -114,17 +124,43 @@ def protocols(ds):
     return [f"vehicleid-{size}" for size in sizes]
 
 
-def metrics_targets():
-    """Every metrics file: dataset x variant x seed x descriptor x protocol."""
+def evaluate_flags(wildcards):
+    """Every descriptor x protocol of the run, stated explicitly (one evaluate job per trained run)."""
+    return " ".join(
+        [f"--descriptor {d}" for d in config["evaluation"]["descriptors"]]
+        + [f"--protocol {p}" for p in protocols(wildcards.ds)]
+    )
+
+
+def runs():
+    """(dataset, variant, seed) of every trained run."""
     return [
-        f"results/runs/{ds}/{variant}/seed{seed}/metrics/{descriptor}/{protocol}.json"
+        (ds, variant, seed)
         for ds in config["run"]
         for variant in config["train_variants"]
         for seed in config["seeds"]
-        for descriptor in config["evaluation"]["descriptors"]
-        for protocol in protocols(ds)
     ]
 
+
+def metrics_targets():
+    """One metrics file per trained run (all its descriptors x protocols)."""
+    return [
+        f"results/runs/{ds}/{variant}/seed{seed}/metrics.json"
+        for ds, variant, seed in runs()
+    ]
+
+
+# Everything `agnet aggregate` writes (all declared, so a deleted one is rebuilt).
+AGGREGATE_OUTPUTS = [
+    f"results/metrics/{name}"
+    for name in (
+        "runs.csv",
+        "runs.parquet",
+        "summary.csv",
+        "summary.parquet",
+        "cmc.parquet",
+    )
+]
 
 # Figures of the report stage (file stems under results/figures/).
 FIGURES = [
@@ -136,48 +172,79 @@ FIGURES = [
     "training_curves",
 ]
 
-
-def figure_run(ds):
-    """The run whose features illustrate a dataset (t-SNE, retrieval): AGNet-ASL, first seed."""
-    return f"results/runs/{ds}/agnet_asl/seed{config['seeds'][0]}"
-
-
-def first_of(fmt):
-    """The first dataset of a format in `run` (None if there is none)."""
-    return next(
-        (n for n in config["run"] if config["datasets"][n]["format"] == fmt), None
-    )
-
-
 # Tables I-IV and the figures put VeRi-776 and VehicleID side by side: they are made when `run`
 # holds a dataset of each format (a run of one dataset ends at its metrics).
-REPORT = all(first_of(fmt) for fmt in ("veri", "vehicleid"))
+FIRST = {
+    fmt: next(
+        (n for n in config["run"] if config["datasets"][n]["format"] == fmt), None
+    )
+    for fmt in ("veri", "vehicleid")
+}
+REPORT = all(FIRST.values())
+# The run illustrated by Fig. 7/8 (the config's `figures` choice, resolved once by agnet.config).
+FIGURE_RUNS = {
+    ds: f"results/runs/{ds}/{FIGURE_VARIANT}/seed{FIGURE_SEED}"
+    for ds in FIRST.values()
+    if ds
+}
 
 
-def figure_features():
-    """Features illustrated by Fig. 7/8 (AGNet-ASL, first seed) of each format."""
+def figure_inputs():
+    """Every file `agnet report figures` reads, by role."""
     if not REPORT:
-        return []
-    return [f"{figure_run(first_of(fmt))}/features.pt" for fmt in ("veri", "vehicleid")]
+        return {}
+    return {
+        "cmc": "results/metrics/cmc.parquet",
+        "features": [f"{FIGURE_RUNS[ds]}/features.pt" for ds in FIRST.values()],
+        "manifests": [f"results/data/{ds}/manifest.parquet" for ds in FIRST.values()],
+        "logs": figure_train_logs(),
+    }
 
 
 def figure_train_logs():
+    """The VeRi dataset's training logs (the training-curves figure), every variant and seed."""
     return [
-        f"results/runs/{ds}/{variant}/seed{seed}/train_log.csv"
-        for ds in config["run"]
+        f"results/runs/{FIRST['veri']}/{variant}/seed{seed}/train_log.csv"
         for variant in config["train_variants"]
         for seed in config["seeds"]
     ]
 
 
+def figure_args(wildcards, input):
+    """The figure inputs as `agnet report figures` flags (nothing is found by the package itself)."""
+    illustrate = [
+        f"--illustrate {shlex.quote(ds)} {shlex.quote(features)} {shlex.quote(manifest)}"
+        for ds, features, manifest in zip(
+            FIRST.values(), input.features, input.manifests
+        )
+    ]
+    variants = [v for v in config["train_variants"] for _ in config["seeds"]]
+    logs = [
+        f"--train-log {shlex.quote(variant)} {shlex.quote(log)}"
+        for variant, log in zip(variants, input.logs)
+    ]
+    return " ".join(illustrate + logs)
+
+
 def all_targets():
-    """Final outputs of the workflow for every dataset in `run`."""
+    """Every file the workflow keeps, for every dataset in `run`: each is a target, so a deleted one (and
+    only what depends on it) is rebuilt by the next run."""
     return (
         expand(
-            ["results/data/{ds}/verify.json", "results/data/{ds}/manifest.parquet"],
+            [
+                "results/data/{ds}/dataset.json",
+                "results/data/{ds}/verify.json",
+                "results/data/{ds}/manifest.parquet",
+            ],
             ds=config["run"],
         )
-        + ["results/metrics/summary.csv"]
+        + [
+            f"results/runs/{ds}/{variant}/seed{seed}/{name}"
+            for ds, variant, seed in runs()
+            for name in ("model.pt", "train_log.csv", "run.json", "features.pt")
+        ]
+        + metrics_targets()
+        + AGGREGATE_OUTPUTS
         + (
             [
                 "results/claims.md",

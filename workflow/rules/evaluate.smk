@@ -1,5 +1,5 @@
-# Evaluation stage: descriptors of every trained run -> CMC/mAP per descriptor and protocol ->
-# one tidy table over all runs and seeds.
+# Evaluation stage: descriptors of every trained run -> one evaluate job per run (every descriptor x
+# protocol from one load of the features and manifest) -> one tidy table over all runs and seeds.
 
 
 # Collecting the metrics files into two tables takes seconds: not worth a queue wait.
@@ -29,21 +29,22 @@ rule extract:
     params:
         configs=config_args,
     shell:
-        "python -m agnet extract {params.configs} --model {input.model} --manifest {input.manifest}"
-        " --out {output.features} --threads {threads} --no-progress > {log} 2>&1"
+        "python -m agnet extract {params.configs} --model {input.model:q} --manifest {input.manifest:q}"
+        " --out {output.features:q} --dataset {wildcards.ds:q} --threads {threads} --no-progress"
+        " > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         features="results/runs/{ds}/{variant}/seed{seed}/features.pt",
         manifest="results/data/{ds}/manifest.parquet",
+        model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
     output:
-        metrics="results/runs/{ds}/{variant}/seed{seed}/metrics/{descriptor}/{protocol}.json",
+        metrics="results/runs/{ds}/{variant}/seed{seed}/metrics.json",
     log:
-        "results/logs/{ds}/evaluate/{variant}-seed{seed}-{descriptor}-{protocol}.log",
+        "results/logs/{ds}/evaluate/{variant}-seed{seed}.log",
     wildcard_constraints:
         seed=r"\d+",
-        descriptor="Attr|ID|All",
     conda:
         "../../environment.yml"
     threads: 1
@@ -52,17 +53,29 @@ rule evaluate:
         runtime=60,
     params:
         configs=config_args,
+        flags=evaluate_flags,
     shell:
-        "python -m agnet evaluate {params.configs} --features {input.features} --manifest {input.manifest}"
-        " --descriptor {wildcards.descriptor} --protocol {wildcards.protocol} -o {output.metrics} > {log} 2>&1"
+        "python -m agnet evaluate {params.configs} --features {input.features:q} --manifest {input.manifest:q}"
+        " --model {input.model:q} {params.flags} -o {output.metrics:q} > {log:q} 2>&1"
 
 
 rule aggregate:
     input:
         metrics=metrics_targets(),
     output:
-        summary="results/metrics/summary.csv",
-        runs="results/metrics/runs.csv",
+        summary=report(
+            "results/metrics/summary.csv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        summary_parquet="results/metrics/summary.parquet",
+        runs=report(
+            "results/metrics/runs.csv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        runs_parquet="results/metrics/runs.parquet",
+        cmc="results/metrics/cmc.parquet",
     log:
         "results/logs/aggregate.log",
     conda:
@@ -70,5 +83,7 @@ rule aggregate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        out_dir=lambda wc, output: str(Path(output.summary).parent),
     shell:
-        "python -m agnet aggregate {input.metrics} --out results/metrics > {log} 2>&1"
+        "python -m agnet aggregate {input.metrics:q} --out {params.out_dir:q} > {log:q} 2>&1"

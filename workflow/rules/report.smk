@@ -50,9 +50,7 @@ rule claims:
 
 rule figures:
     input:
-        summary="results/metrics/summary.csv",
-        features=figure_features(),
-        logs=figure_train_logs(),
+        **figure_inputs(),
     output:
         png=report(
             expand("results/figures/{figure}.png", figure=FIGURES),
@@ -66,6 +64,8 @@ rule figures:
         "../../environment.yml"
     params:
         configs=config_args,
+        inputs=figure_args,
+        out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures {params.configs} --metrics results/metrics"
-        " --runs results/runs --out results/figures > {log} 2>&1"
+        "python -m agnet report figures {params.configs} --cmc {input.cmc:q} {params.inputs}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -9,6 +9,7 @@ localrules:
 rule fetch_weights:
     output:
         record="results/weights/{backbone}.json",
+        weights=directory("results/weights/{backbone}"),
     log:
         "results/logs/weights/{backbone}.log",
     conda:
@@ -17,8 +18,8 @@ rule fetch_weights:
         mem_mb=1000,
         runtime=60,
     shell:
-        "python -m agnet weights fetch {wildcards.backbone} --cache results/weights"
-        " --record {output.record} > {log} 2>&1"
+        "python -m agnet weights fetch {wildcards.backbone:q} --cache {output.weights:q}"
+        " --record {output.record:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -46,7 +47,8 @@ rule train:
         configs=config_args,
         settings=variant_settings,
         run_dir=lambda wc, output: str(Path(output.model).parent),
+        weights_cache=weights_cache,
     shell:
         "python -m agnet train {params.configs} --manifest {input.manifest}"
         " --variant {wildcards.variant} --seed {wildcards.seed} --out {params.run_dir}"
-        " --threads {threads} --resume --no-progress > {log} 2>&1"
+        " --weights-cache {params.weights_cache:q} --threads {threads} --resume --no-progress > {log} 2>&1"
