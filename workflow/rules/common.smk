@@ -238,6 +238,7 @@ def all_targets():
             ],
             ds=config["run"],
         )
+        + [f"results/data/{ds}/root" for ds in SYNTHETIC]
         + [
             f"results/runs/{ds}/{variant}/seed{seed}/{name}"
             for ds, variant, seed in runs()
