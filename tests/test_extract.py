@@ -25,9 +25,10 @@ def trained(tmp_path_factory):
 
 
 def make_trained(base):
-    """A one-epoch run on a 10-vehicle VeRi twin under ``base``: VeRi/, m.parquet, run/model.pt."""
+    """A one-epoch run on a 10-vehicle VeRi twin under ``base``: VeRi/, m.parquet (2 held-out ``val``
+    vehicles, on which re-ranking tunes λ), run/model.pt."""
     root = synth_veri(base / "VeRi", vehicles=10, cameras=3, seed=2, workers=1)
-    make_manifest("veri", root, base / "m.parquet")
+    make_manifest("veri", root, base / "m.parquet", holdout_vehicles=2)
     tiny = base / "tiny.yaml"
     tiny.write_text(yaml.safe_dump({"training": {"backbone": "resnet18_narrow", "pretrained": "none",
                                                  "input_size": [32, 32], "embedding_dim": 16, "epochs": 1,
@@ -57,11 +58,10 @@ def test_descriptors_of_every_evaluation_image(trained):
 
 
 def test_held_out_vehicles_are_extracted_training_images_are_not(trained, tmp_path):
-    make_manifest("veri", read_manifest(trained / "m.parquet")[1]["root"], tmp_path / "val.parquet",
-                  holdout_vehicles=2)
     out = tmp_path / "with-val.pt"
-    extract(trained / "run" / "model.pt", tmp_path / "val.parquet", out, alpha=0.5, workers=0, progress=False)
-    frame, _ = read_manifest(tmp_path / "val.parquet")
+    extract(trained / "run" / "model.pt", trained / "m.parquet", out, alpha=0.5, workers=0, progress=False)
+    frame, _ = read_manifest(trained / "m.parquet")
+    assert (frame["split"] == "val").any()
     paths = set(load_features(out)["paths"])
     assert set(frame.loc[frame["split"] == "val", "path"]) <= paths
     assert not set(frame.loc[frame["split"] == "train", "path"]) & paths
@@ -87,7 +87,7 @@ def _cli_config(base):
             "training": {"backbone": "resnet18_narrow", "pretrained": "none", "input_size": [32, 32],
                          "embedding_dim": 16, "epochs": 1, "batch_size": 8, "workers": 0},
             "evaluation": {"workers": 0, "batch_size": 16, "vehicleid_trials": 2,
-                           "str": {"enabled": True, "lambdas": [0.0, 0.3, 1.0], "tune_images": 30}}}))
+                           "str": {"enabled": True, "lambdas": [0.0, 0.3, 1.0]}}}))
     return ["--config", str(REPO / "config.yaml"), "--config", str(tiny)]
 
 
@@ -96,7 +96,7 @@ def test_one_evaluation_per_run_equals_the_per_protocol_results(trained, tmp_pat
     config = _cli_config(trained)
     features = trained / "cli-features.pt"
     assert main(["extract", *config, "--model", str(trained / "run" / "model.pt"), "--manifest",
-                 str(trained / "m.parquet"), "--out", str(features), "--with-train", "--dataset", "twin",
+                 str(trained / "m.parquet"), "--out", str(features), "--dataset", "twin",
                  "--no-progress"]) == 0
     common = ["evaluate", *config, "--features", str(features), "--manifest", str(trained / "m.parquet"),
               "--model", str(trained / "run" / "model.pt")]

@@ -36,17 +36,17 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features(trained):
-    """Features of the trained run (with training images, for veri-str)."""
+    """Features of the trained run (with its held-out vehicles, for veri-str)."""
     out = trained / "faults-features.pt"
     assert main(["extract", *_cli_config(trained), "--model", str(trained / "run" / "model.pt"), "--manifest",
-                 str(trained / "m.parquet"), "--out", str(out), "--with-train", "--no-progress"]) == 0
+                 str(trained / "m.parquet"), "--out", str(out), "--no-progress"]) == 0
     return out
 
 
 def copy_dataset(trained, tmp_path) -> tuple[Path, Path]:
     """A writable copy of the trained run's dataset and its manifest (same vehicles, classes, names)."""
     root = Path(shutil.copytree(trained / "VeRi", tmp_path / "VeRi"))
-    make_manifest("veri", root, tmp_path / "m.parquet")
+    make_manifest("veri", root, tmp_path / "m.parquet", holdout_vehicles=2)
     return root, tmp_path / "m.parquet"
 
 
