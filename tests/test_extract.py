@@ -21,12 +21,16 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return make_trained(tmp_path_factory.mktemp("extract"))
+    return make_trained(tmp_path_factory)
 
 
-def make_trained(base):
-    """A one-epoch run on a 10-vehicle VeRi twin under ``base``: VeRi/, m.parquet (2 held-out ``val``
-    vehicles, on which re-ranking tunes λ), run/model.pt."""
+def make_trained(tmp_path_factory):
+    """A one-epoch run on a 10-vehicle VeRi twin: VeRi/, m.parquet (2 held-out ``val`` vehicles, on which
+    re-ranking tunes λ), run/model.pt. Trained once per test session and shared (tests only read it)."""
+    base = tmp_path_factory.getbasetemp() / "trained-veri-twin"
+    if (base / "run" / "model.pt").is_file():
+        return base
+    base.mkdir(exist_ok=True)
     root = synth_veri(base / "VeRi", vehicles=10, cameras=3, seed=2, workers=1)
     make_manifest("veri", root, base / "m.parquet", holdout_vehicles=2)
     tiny = base / "tiny.yaml"

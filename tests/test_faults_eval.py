@@ -31,7 +31,7 @@ def assert_nothing_written(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return make_trained(tmp_path_factory.mktemp("faults"))
+    return make_trained(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
