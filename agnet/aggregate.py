@@ -83,6 +83,8 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
         rows += some
         cmc_rows += curves
     runs = pd.DataFrame(rows).sort_values(KEYS).reset_index(drop=True)
+    hashes = [c for c in runs.columns if c.endswith("_sha256")]
+    runs = runs[[c for c in runs.columns if c not in hashes] + hashes]  # provenance columns last
     twice = runs[runs.duplicated(KEYS, keep=False)]
     if not twice.empty:
         first = twice.iloc[0]
