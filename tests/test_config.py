@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,3 +82,25 @@ def test_overlay_alone_is_one_line_naming_the_base(tmp_path):
     assert "\n" not in message
     assert "lacks the top-level section(s) 'datasets', 'variants'" in message
     assert "agnet config check config.yaml workflow/configs/demo.yaml" in message
+
+
+def test_the_schema_ships_inside_the_package():
+    import tomllib
+
+    import agnet
+    from agnet.config import SCHEMA_PATH
+
+    assert SCHEMA_PATH.is_file() and SCHEMA_PATH.is_relative_to(Path(agnet.__file__).parent)
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(SCHEMA_PATH.match(f"agnet/{pattern}") for pattern in package_data["agnet"])
+
+
+def test_the_illustrated_run_is_a_config_choice(config):
+    from agnet.config import figure_run
+
+    assert figure_run(validate_config(copy.deepcopy(config))) == ("agnet_asl", 0)
+    config.update(figures={"variant": "agnet_ce", "seed": 2})
+    assert figure_run(validate_config(copy.deepcopy(config))) == ("agnet_ce", 2)
+    config.update(figures={"seed": 7})
+    with pytest.raises(ConfigError, match=r"figures\.seed: 7 is not trained \(seeds: 0, 1, 2\)"):
+        figure_run(validate_config(copy.deepcopy(config)))

@@ -95,24 +95,27 @@ def _cli_config(base):
     return ["--config", str(REPO / "config.yaml"), "--config", str(tiny)]
 
 
-def test_one_evaluation_per_run_equals_the_per_protocol_results(trained, tmp_path):
+def test_one_evaluation_per_run_equals_the_per_protocol_results(trained, tmp_path, capsys):
     """`agnet evaluate` of a whole run gives exactly the numbers of one job per descriptor x protocol."""
     config = _cli_config(trained)
     features = trained / "cli-features.pt"
     assert main(["extract", *config, "--model", str(trained / "run" / "model.pt"), "--manifest",
                  str(trained / "m.parquet"), "--out", str(features), "--dataset", "twin",
                  "--no-progress"]) == 0
+    assert "INFO agnet.extract: extracting" in capsys.readouterr().err  # the CLI configures logging (info)
     common = ["evaluate", *config, "--features", str(features), "--manifest", str(trained / "m.parquet"),
               "--model", str(trained / "run" / "model.pt")]
     assert main([*common, "-o", str(tmp_path / "all.json")]) == 0
+    assert "INFO agnet: wrote 6 results to" in capsys.readouterr().err
     whole = json.loads((tmp_path / "all.json").read_text())
     assert [(r["descriptor"], r["protocol"]) for r in whole["records"]] == [
         (d, p) for d in ("Attr", "ID", "All") for p in ("veri", "veri-str")]
     assert whole["provenance"]["dataset"] == "twin" and whole["provenance"]["variant"] == "agnet_asl"
     for record in whole["records"]:
         out = tmp_path / f"{record['descriptor']}-{record['protocol']}.json"
-        assert main([*common, "--descriptor", record["descriptor"], "--protocol", record["protocol"],
-                     "-o", str(out)]) == 0
+        assert main(["--log-level", "warning", *common, "--descriptor", record["descriptor"], "--protocol",
+                     record["protocol"], "-o", str(out)]) == 0
+        assert capsys.readouterr().err == ""  # nothing below a warning
         (single,) = json.loads(out.read_text())["records"]
         assert single == record  # identical numbers, λ grid included
 

@@ -14,6 +14,8 @@ import torch
 from agnet.cli import main
 from agnet.data.manifest import make_manifest
 from agnet.data.synth.veri import synth_veri
+from agnet.errors import AgnetError
+from agnet.extract import save_features
 from tests.test_extract import _cli_config, make_trained
 
 
@@ -89,20 +91,33 @@ def test_a_broken_image_during_extract_names_the_file(trained, tmp_path, capsys,
 # ------------------------------------------------------------------------------------------- extract: writing
 
 
-@pytest.mark.parametrize("failure", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 3812"),
-])
-def test_disk_full_while_writing_features(trained, tmp_path, capsys, monkeypatch, failure):
-    def full_disk(obj, f, *args, **kwargs):
+def _full_disk(failure):
+    def save(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"partial")  # torch wrote part of the file before the disk filled up
         raise failure
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    return save
+
+
+def test_disk_full_while_writing_features(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "save", _full_disk(OSError(errno.ENOSPC, "No space left on device")))
     out = tmp_path / "features.pt"
     status, line = run_cli(capsys, *extract_cli(trained, trained / "run" / "model.pt", trained / "m.parquet", out))
     assert status == 1
     assert line == f"agnet: error: {out}: cannot write the features file (no space left on the device); nothing was written"
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 3812"), "no space left on the device"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), "Disk quota exceeded"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+])
+def test_a_failed_features_write_leaves_nothing(tmp_path, monkeypatch, failure, reason):
+    monkeypatch.setattr(torch, "save", _full_disk(failure))
+    out = tmp_path / "features.pt"
+    with pytest.raises(AgnetError, match=rf"^{re.escape(str(out))}: cannot write the features file \(.*{reason}"):
+        save_features(out, {"paths": []})
     assert_nothing_written(out)
 
 
