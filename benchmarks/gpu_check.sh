@@ -43,12 +43,7 @@ if ! "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-index 
   rm -rf "$OUT/site"
   SITE="$REPO"
 else
-  SITE="$OUT/site"
-  # Until the config schema ships inside the package, the installed copy looks for it beside itself.
-  if [ ! -f "$SITE/workflow/schemas/config.schema.yaml" ]; then
-    mkdir -p "$SITE/workflow/schemas"
-    cp "$REPO/workflow/schemas/config.schema.yaml" "$SITE/workflow/schemas/"
-  fi
+  SITE="$OUT/site"  # the config schema ships inside the package (agnet/schemas/)
 fi
 export PYTHONPATH="$SITE:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 cd "$OUT"  # `python -` and `python -m` put the working directory first on sys.path: not the checkout

@@ -191,6 +191,9 @@ def _demo_alone(tmp: Path, env: dict) -> list[str]:
     return ["config", "check", str(DEMO)]
 
 
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO) ")  # progress notes of the logging the CLI configures
+
+
 CASES = {
     "refetch-bad-sha-leaves-no-locator": Case(
         _refetch_other_archive_bad_sha, 1, r"agnet: error: checksum mismatch for {tmp}/b\.zip: expected 0{64}",

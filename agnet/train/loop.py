@@ -265,9 +265,11 @@ class RunLock:
         _LOCKED.add(key)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         _LOCKED.discard(self._key)
-        os.close(self.fd)  # releases the lock; the file stays (harmless: only a live process's lock counts)
+        if exc_type is None and (self.run_dir / "model.pt").exists():
+            self.path.unlink(missing_ok=True)  # a finished run keeps no lock file (removed while still held)
+        os.close(self.fd)  # releases the lock; a file left by an interrupted run is harmless (only a live lock counts)
 
 
 class _SignalFlag:

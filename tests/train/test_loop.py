@@ -139,9 +139,9 @@ def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_f
     """
     reference, interrupted = reference_run, tmp_path / "interrupted"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # Signal it once the first epoch's checkpoint is on disk (early in epoch 2).
+    # Signal it once the first epoch's checkpoint and log are on disk (early in epoch 2).
     returncode, stderr = _run_until(_train_command(config_files, manifest, interrupted),
-                                    lambda: (interrupted / "checkpoint.pt").exists(), sig)
+                                    lambda: (interrupted / "train_log.csv").exists(), sig)
     assert returncode == status
     if sig != signal.SIGKILL:
         name = signal.Signals(sig).name
@@ -156,7 +156,10 @@ def test_killed_run_resumes_to_identical_weights(sig, status, manifest, config_f
     position = state["position"]
     assert f"resuming from {interrupted / 'checkpoint.pt'}: epoch {position['epoch'] + 1}, step {position['step']}" \
         in resumed.stderr
-    assert (position["step"] == 0) == (sig == signal.SIGKILL)  # only SIGKILL falls back to the epoch boundary
+    if sig == signal.SIGKILL:
+        assert position["step"] == 0  # the running epoch is lost: back to the epoch boundary
+    else:  # the handler saved where the signal landed (mid-epoch; at the boundary if it came during the save)
+        assert f"checkpoint saved at epoch {position['epoch'] + 1}, step {position['step']}" in stderr
     assert json.loads((interrupted / "run.json").read_text())["resumes"] == [position]
     assert json.loads((reference / "run.json").read_text())["resumes"] == []
     assert [r["loss_total"] for r in read_log(reference)] == [r["loss_total"] for r in read_log(interrupted)]
