@@ -86,29 +86,10 @@ def _output_dir(text: str) -> Path:
 
 def check_device(device: str | None) -> None:
     """Refuse a ``--device`` this machine cannot run, before any data or model is loaded."""
-    if device is None:
-        return
-    import torch
+    if device is not None:
+        from agnet.device import choose_device
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if parsed.type == "cpu":
-        return
-    if parsed.type == "mps":  # Apple GPUs
-        if not torch.backends.mps.is_available():
-            raise AgnetError(f"--device {device}: the MPS backend is not available here; use --device cpu")
-        return
-    if parsed.type != "cuda":
-        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise AgnetError(f"--device {device}: CUDA is not available ({why}); use --device cpu, or leave --device "
-                         "out to use a GPU only when there is one")
-    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise AgnetError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
-                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        choose_device(device)
 
 
 def describe_os_error(error: OSError) -> str | None:
