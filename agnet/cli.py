@@ -316,10 +316,12 @@ def _cmd_report_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agnet.config import load_config
+    from agnet.data.fetch import sha256_file
     from agnet.report.tables import contexts_from_config, write_tables
 
     contexts = contexts_from_config(load_config(*args.config))
-    written = write_tables(pd.read_csv(args.summary), contexts, args.out)
+    source = {"path": str(args.summary), "sha256": sha256_file(args.summary)}
+    written = write_tables(pd.read_csv(args.summary), contexts, args.out, source=source)
     print(f"wrote {len(written)} table files to {args.out}")
     return 0
 
@@ -328,12 +330,14 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agnet.config import load_config
+    from agnet.data.fetch import sha256_file
     from agnet.report.claims import check_all, write_claims
     from agnet.report.tables import contexts_from_config
 
     contexts = contexts_from_config(load_config(*args.config))
     verdicts = check_all(pd.read_csv(args.runs), contexts)
-    write_claims(verdicts, contexts, args.markdown, args.json)
+    write_claims(verdicts, contexts, args.markdown, args.json,
+                 source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
     return 0
 
