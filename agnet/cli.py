@@ -86,29 +86,10 @@ def _output_dir(text: str) -> Path:
 
 def check_device(device: str | None) -> None:
     """Refuse a ``--device`` this machine cannot run, before any data or model is loaded."""
-    if device is None:
-        return
-    import torch
+    if device is not None:
+        from agnet.device import choose_device
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if parsed.type == "cpu":
-        return
-    if parsed.type == "mps":  # Apple GPUs
-        if not torch.backends.mps.is_available():
-            raise AgnetError(f"--device {device}: the MPS backend is not available here; use --device cpu")
-        return
-    if parsed.type != "cuda":
-        raise AgnetError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise AgnetError(f"--device {device}: CUDA is not available ({why}); use --device cpu, or leave --device "
-                         "out to use a GPU only when there is one")
-    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise AgnetError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
-                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        choose_device(device)
 
 
 def describe_os_error(error: OSError) -> str | None:
@@ -335,10 +316,12 @@ def _cmd_report_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agnet.config import load_config
+    from agnet.data.fetch import sha256_file
     from agnet.report.tables import contexts_from_config, write_tables
 
     contexts = contexts_from_config(load_config(*args.config))
-    written = write_tables(pd.read_csv(args.summary), contexts, args.out)
+    source = {"path": str(args.summary), "sha256": sha256_file(args.summary)}
+    written = write_tables(pd.read_csv(args.summary), contexts, args.out, source=source)
     print(f"wrote {len(written)} table files to {args.out}")
     return 0
 
@@ -347,12 +330,14 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agnet.config import load_config
+    from agnet.data.fetch import sha256_file
     from agnet.report.claims import check_all, write_claims
     from agnet.report.tables import contexts_from_config
 
     contexts = contexts_from_config(load_config(*args.config))
     verdicts = check_all(pd.read_csv(args.runs), contexts)
-    write_claims(verdicts, contexts, args.markdown, args.json)
+    write_claims(verdicts, contexts, args.markdown, args.json,
+                 source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
     return 0
 

@@ -24,7 +24,17 @@ _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 
 
 class ImageError(AgnetError):
-    """An image listed by a dataset cannot be read (missing, truncated or not an image)."""
+    """An image listed by a dataset cannot be read (missing, truncated or not an image): one line naming it.
+
+    Raised inside a DataLoader worker, PyTorch re-raises it in the main process as
+    ``ImageError(<worker traceback text>)``; the constructor keeps only the original message.
+    """
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ImageError"):
+            lines = [line for line in message.splitlines() if line.strip()]
+            message = lines[-1].split("ImageError: ", 1)[-1]
+        super().__init__(message)
 
 
 def load_resized(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:

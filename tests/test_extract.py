@@ -124,6 +124,6 @@ def test_extraction_follows_the_precision_settings(monkeypatch):
     from agnet import device as device_module
 
     assert device_module.precision("auto", "auto", torch.device("cpu")) == (None, False)  # CPU: always float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert device_module.precision("on", "on", torch.device("cuda")) == (torch.bfloat16, True)
     assert device_module.precision("off", "off", torch.device("cuda")) == (None, False)

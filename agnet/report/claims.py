@@ -42,7 +42,7 @@ from agnet.report.paper import (
     load_statements,
     table_row,
 )
-from agnet.report.tables import group_protocols
+from agnet.report.tables import group_protocols, source_line
 
 METRIC_COLUMN = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
 CONFIDENCE = 0.95
@@ -212,8 +212,9 @@ def _fmt(value: float | None, sign: bool = False) -> str:
 
 
 def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str | Path, out_json: str | Path,
-                 findings: list[Finding] | None = None) -> None:
-    """claims.md (verdicts with intervals, then the paper's own inconsistencies) and claims.json."""
+                 findings: list[Finding] | None = None, source: dict[str, str] | None = None) -> None:
+    """claims.md (verdicts with intervals, then the paper's own inconsistencies) and claims.json; ``source``
+    (``{"path", "sha256"}`` of the runs table read) is recorded in both."""
     findings = consistency_findings() if findings is None else findings
     synthetic = any(ctx["synthetic"] for ctx in datasets.values())
     lines = ["# Claims check", ""]
@@ -234,6 +235,8 @@ def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str
     lines += ["", ("Comparisons with literature methods use their published value as B. On a synthetic twin they "
               "only show that the check runs: the literature numbers were measured on the real datasets.")]
     lines += ["", "Summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), ""]
+    if source:
+        lines += [source_line(source), ""]
     lines += ["## The paper against itself", "",
               ("Statements of the paper's §IV text that its own Tables I–IV contradict, found by checking every "
                "number and comparison of the text (agnet/report/paper_text.yaml) against the tables "
@@ -247,6 +250,7 @@ def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str
     lines.append("")
     write_text(out_md, "\n".join(lines))
     records = [{**asdict(v), "claim": {**asdict(v.claim), "paper_gap": v.claim.paper_gap}} for v in verdicts]
-    write_text(out_json, json.dumps({"synthetic": synthetic, "interval": INTERVAL_METHOD, "legend": LEGEND,
+    write_text(out_json, json.dumps({"synthetic": synthetic, "source": source, "interval": INTERVAL_METHOD,
+                                     "legend": LEGEND,
                                      "claims": records, "paper_consistency": [asdict(f) for f in findings]},
                                     indent=2) + "\n")

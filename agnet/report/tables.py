@@ -167,9 +167,18 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
+def source_line(source: dict[str, str] | None) -> str:
+    """"Computed from FILE (sha256 …)": the provenance line a table or report carries (empty without one)."""
+    return "" if not source else f"Computed from {source['path']} (sha256 {source['sha256']})."
+
+
 def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out_dir: str | Path,
-                 paper: dict | None = None) -> list[Path]:
-    """Write table{1..4}.{tex,md}; ``datasets`` maps a format (veri/vehicleid) to its context dict."""
+                 paper: dict | None = None, source: dict[str, str] | None = None) -> list[Path]:
+    """Write table{1..4}.{tex,md}; ``datasets`` maps a format (veri/vehicleid) to its context dict.
+
+    ``source`` (``{"path", "sha256"}`` of the summary read) is recorded in every file: a LaTeX comment and a
+    markdown line, so a table can always be traced to, and checked against, the numbers it shows.
+    """
     paper = paper or load_paper()
     out_dir = Path(out_dir)
     written = []
@@ -180,8 +189,10 @@ def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out
         labels, rows, rules = build_rows(table, summary, context["dataset"], context.get("stand_ins"))
         caption = caption_for(table_id, table, context)
         number = table_id.removeprefix("table")
-        for suffix, text in (("tex", to_latex(table, labels, rows, rules, caption, f"tab:agnet-{number}")),
-                             ("md", to_markdown(table_id, table, labels, rows, caption))):
+        line = source_line(source)
+        tex = to_latex(table, labels, rows, rules, caption, f"tab:agnet-{number}") + (f"% {line}\n" if line else "")
+        md = to_markdown(table_id, table, labels, rows, caption) + (f"\n{line}\n" if line else "")
+        for suffix, text in (("tex", tex), ("md", md)):
             path = out_dir / f"{table_id}.{suffix}"
             write_text(path, text)
             written.append(path)

@@ -53,30 +53,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.images import _MEAN, _STD, IMAGENET_MEAN, IMAGENET_STD, ImageError, load_resized, to_tensor  # noqa: F401
 
-
-class ImageError(AgnetError):
-    """A training image is missing, truncated or not an image (one line naming the file).
-
-    Raised inside a DataLoader worker, PyTorch re-raises it in the training process as
-    ``ImageError(<worker traceback text>)``; the constructor keeps only the original message.
-    """
-
-    def __init__(self, message: str):
-        if message.startswith("Caught ImageError"):
-            lines = [line for line in message.splitlines() if line.strip()]
-            message = lines[-1].split("ImageError: ", 1)[-1]
-        super().__init__(message)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 _PLAN_TAG = 0x504C414E  # "PLAN": separates the plan stream from the augmentation stream
 _AUGMENT_TAG = 0x41554745  # "AUGE"
 _CACHE_VERSION = 1
@@ -329,28 +310,6 @@ class PairSampler:
 # Images
 
 
-def load_resized(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` to RGB and resize (bilinear) to ``input_size = (H, W)``: uint8 (H, W, 3)."""
-    height, width = input_size
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).copy()
-
-
-def load_training_image(path: str | Path, input_size: tuple[int, int]) -> np.ndarray:
-    """:func:`load_resized`, with a missing, truncated or undecodable file reported as one :class:`ImageError`."""
-    try:
-        return load_resized(path, input_size)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: training image not found (was the dataset moved or deleted? "
-                         "rebuild the manifest with `agnet data manifest`)") from None
-    except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, corrupt or not an image
-        raise ImageError(f"{path}: cannot decode training image ({error}); replace the file or check the dataset "
-                         "with `agnet data verify`") from None
-
-
 _ON_DEVICE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -378,14 +337,6 @@ def normalise_on_device(images: torch.Tensor, flipped: torch.Tensor, channels_la
     x = x.div_(255.0).sub_(mean).div_(std)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x if dtype == torch.float32 else x.to(dtype)
-
-
-def to_tensor(pixels: np.ndarray, flip: bool) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W), optionally mirrored left-right, ImageNet-normalised."""
-    if flip:
-        pixels = pixels[:, ::-1]
-    tensor = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1).to(torch.float32).div_(255.0)
-    return tensor.sub_(_MEAN).div_(_STD)
 
 
 def flip_decision(seed: int, epoch: int, step: int, slot: int) -> bool:
@@ -429,10 +380,10 @@ class DecodedCache:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
-                raise ImageError(f"{path}: training image not found (was the dataset moved or deleted? "
-                                 "rebuild the manifest with `agnet data manifest`)") from None
+                raise ImageError(f"{path}: image file not found (was the dataset moved or changed? "
+                                 "rerun `agnet data verify` on it)") from None
             except OSError as error:
-                raise ImageError(f"{path}: cannot read training image ({error.strerror})") from None
+                raise ImageError(f"{path}: cannot read image ({error.strerror})") from None
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
@@ -455,7 +406,7 @@ class DecodedCache:
 
     def _fill(self, array: np.ndarray, threads: int) -> None:
         def decode(i: int) -> None:
-            array[i] = load_training_image(self.paths[i], self.input_size)
+            array[i] = load_resized(self.paths[i], self.input_size)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for _ in pool.map(decode, range(self.count), chunksize=64):
@@ -591,7 +542,7 @@ class PairDataset(torch.utils.data.Dataset):
         """Resized uint8 (H, W, 3) image ``index`` (from the cache when there is one)."""
         if self.cache is not None:
             return self.cache[index]
-        return load_training_image(self.paths[index], self.input_size)
+        return load_resized(self.paths[index], self.input_size)
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         key = SampleKey(*key)

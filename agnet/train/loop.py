@@ -45,6 +45,7 @@ from agnet import __version__
 from agnet.atomic import write_text
 from agnet.data.fetch import sha256_file
 from agnet.data.manifest import read_manifest
+from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
 from agnet.losses import LossWeights, total_loss
 from agnet.model import AGNet, build_trunk
@@ -175,26 +176,6 @@ def configure_determinism(deterministic: bool, seed: int) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def precision(settings: TrainSettings, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, channels_last) for ``device``.
-
-    ``amp``/``channels_last``: ``auto`` = on a GPU only, ``on`` = also on a CPU (bf16 autocast), ``off``.
-    On a GPU the autocast type follows the compute capability: bf16 from 8.0 (Ampere) on, where it runs
-    natively; fp16 with a grad scaler before (``torch.cuda.is_bf16_supported()`` also counts emulated bf16).
-    """
-    on_gpu = device.type == "cuda"
-    amp = settings.amp == "on" or (settings.amp == "auto" and on_gpu)
-    dtype = None
-    if amp:
-        if on_gpu:
-            major, _ = torch.cuda.get_device_capability(device)
-            dtype = torch.bfloat16 if major >= 8 else torch.float16
-        else:
-            dtype = torch.bfloat16
-    channels_last = settings.channels_last == "on" or (settings.channels_last == "auto" and on_gpu)
-    return dtype, channels_last
 
 
 def training_data_sha256(frame, meta: dict[str, Any]) -> str:
@@ -363,8 +344,8 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
     if model_path.exists() and not checkpoint_path.exists():
         return _complete_run(model_path, settings, seed, data_sha256, resume)
     configure_determinism(settings.deterministic, seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype, channels_last = precision(settings, device)
+    device = choose_device(device)
+    amp_dtype, channels_last = precision(settings.amp, settings.channels_last, device)
 
     manifest_sha256 = sha256_file(Path(manifest))
     train_set = TrainSet.from_manifest(frame, meta["root"], attributes=settings.uses_attributes)

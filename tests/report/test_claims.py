@@ -196,12 +196,15 @@ def test_claims_report_shows_intervals_n_verdicts_legend_and_findings(tmp_path):
                 rows.append((dataset, variant, descriptor, protocol, {s: rng.uniform(0.4, 0.6) for s in range(3)}))
     verdicts = check_all(runs(rows), CONTEXTS)
     assert len(verdicts) == len(paper_claims())
-    write_claims(verdicts, CONTEXTS, tmp_path / "claims.md", tmp_path / "claims.json")
+    source = {"path": "results/metrics/runs.csv", "sha256": "cd" * 32}
+    write_claims(verdicts, CONTEXTS, tmp_path / "claims.md", tmp_path / "claims.json", source=source)
     text = (tmp_path / "claims.md").read_text()
+    assert f"Computed from results/metrics/runs.csv (sha256 {'cd' * 32})." in text
     assert "Synthetic twins, not the real datasets" in text and "Student-t interval" in text
     assert "- **direction only**:" in text and "## The paper against itself" in text
     assert "| §IV.D, fourth paragraph | “For VehicleID, it has 3.94%" in text
     record = json.loads((tmp_path / "claims.json").read_text())
     assert len(record["claims"]) == len(verdicts) and record["claims"][0]["seeds"] == 3
+    assert record["source"] == source
     assert {"low", "high", "gap", "verdict"} <= set(record["claims"][0])
     assert any(f["text_value"] == "3.94" for f in record["paper_consistency"])

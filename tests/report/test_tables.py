@@ -115,3 +115,11 @@ def test_latex_compiles(tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], check=False, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_tables_carry_the_hash_of_the_summary_they_show(tmp_path):
+    source = {"path": "results/metrics/summary.csv", "sha256": "ab" * 32}
+    write_tables(full_summary(), CONTEXTS, tmp_path, source=source)
+    for n in range(1, 5):
+        assert f"Computed from results/metrics/summary.csv (sha256 {'ab' * 32})." in (tmp_path / f"table{n}.md").read_text()
+        assert (tmp_path / f"table{n}.tex").read_text().rstrip().endswith(f"(sha256 {'ab' * 32}).")

@@ -146,7 +146,7 @@ def test_a_bad_training_image_is_one_clear_error(damage, cache, twin, config_fil
     assert done.returncode == 1
     line = first_error(done)
     assert line.startswith("agnet: error: ") and any(line.startswith(f"agnet: error: {p}: ") for p in damaged)
-    assert ("training image not found" if damage == "missing" else "cannot decode training image") in line
+    assert ("image file not found" if damage == "missing" else "cannot decode image") in line
     assert "Traceback" not in done.stderr
     no_partial(run)
 

@@ -309,7 +309,10 @@ def test_verification_head_is_float32_under_autocast():
 @pytest.mark.parametrize("major, expected", [(7, torch.float16), (8, torch.bfloat16), (9, torch.bfloat16)])
 def test_gpu_precision_follows_compute_capability(major, expected, config_files, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
-    assert loop.precision(settings_for(config_files), torch.device("cuda")) == (expected, True)
-    assert loop.precision(settings_for(config_files, amp="off", channels_last="off"), torch.device("cuda")) == \
-        (None, False)
-    assert loop.precision(settings_for(config_files), torch.device("cpu")) == (None, False)  # auto: GPU only
+    from agnet.device import precision
+
+    assert precision("auto", "auto", torch.device("cuda")) == (expected, True)
+    assert precision("off", "off", torch.device("cuda")) == (None, False)
+    assert precision("auto", "auto", torch.device("cpu")) == (None, False)  # auto: GPU only
+    assert precision("on", "on", torch.device("cpu")) == (torch.bfloat16, True)  # on: CPU too
+    assert settings_for(config_files).amp == "auto"  # the config's default is what was checked
