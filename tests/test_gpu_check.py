@@ -25,7 +25,7 @@ def test_gpu_check_shrunk_on_cpu_runs_end_to_end(tmp_path):
     result = json.loads((out / "gpu_check.json").read_text())
     assert [r["device"] for r in result["training"]] == ["cpu"] and result["training"][0]["images_per_s"] > 0
     assert result["extraction"]["images"] > 0 and set(result["evaluation_seconds"]) == {"veri", "veri-str"}
-    metrics = json.loads((out / "metrics-veri-str.json").read_text())
+    (metrics,) = json.loads((out / "metrics-veri-str.json").read_text())["records"]
     assert metrics["protocol"] == "veri-str" and 0.0 <= metrics["mAP"] <= 1.0
 
 
