@@ -168,7 +168,8 @@ def _provenance_free(path: Path) -> dict:
 def test_outputs_equal_the_local_run(runs):
     local, remote = runs["local"], runs["slurm"]
     made = sorted(p.relative_to(local) for p in (local / "results").rglob("*") if p.is_file()
-                  and not p.relative_to(local / "results").parts[0] in ("logs", "benchmarks"))
+                  and not p.relative_to(local / "results").parts[0] in ("logs", "benchmarks", "cache"))
+    # (the decoded-image cache is an optimisation each job uses only where it fits the job's memory limit)
     assert made and all((remote / p).is_file() for p in made), "the SLURM run is missing outputs"
     for path in (p for p in made if p.name == "model.pt"):
         a, b = _weights(local / path), _weights(remote / path)
@@ -182,4 +183,7 @@ def test_outputs_equal_the_local_run(runs):
         a, b = (pd.read_csv(root / "results" / "metrics" / name) for root in (local, remote))
         pd.testing.assert_frame_equal(a.filter(regex="^(?!.*_sha256$)"), b.filter(regex="^(?!.*_sha256$)"))
     for n in range(1, 5):
-        assert (local / f"results/tables/table{n}.md").read_text() == (remote / f"results/tables/table{n}.md").read_text()
+        a, b = ((root / f"results/tables/table{n}.md").read_text() for root in (local, remote))
+        # equal but for the provenance line: the summary's sha256 differs as its hash columns do
+        assert [line for line in a.splitlines() if not line.startswith("Computed from")] == \
+            [line for line in b.splitlines() if not line.startswith("Computed from")]
