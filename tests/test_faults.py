@@ -317,14 +317,19 @@ def test_refetch_with_another_archive_extracts_it(tmp_path):
         assert json.loads(locator.read_text())["source"]["location"] == str(archive)
 
 
-def test_refetch_from_another_url_extracts_it(server, tmp_path):
+def _two_url_versions(server, tmp_path: Path) -> tuple[str, Path]:
+    """The same file name under two URLs (/v1 with 4 training images, /v2 with 3); returns (base URL, locator)."""
     base, behaviour = server
     a_root, b_root = _veri_copy(tmp_path / "a"), _veri_copy(tmp_path / "b")
     _drop_first_train_image(b_root)
-    # the same file name under two URLs: the download is replaced (checksum differs), then re-extracted
     behaviour.files["/v1/VeRi.zip"] = _zip_tree(a_root, tmp_path / "a/VeRi.zip").read_bytes()
     behaviour.files["/v2/VeRi.zip"] = _zip_tree(b_root, tmp_path / "b/VeRi.zip").read_bytes()
-    locator = tmp_path / "d/dataset.json"
+    return base, tmp_path / "d/dataset.json"
+
+
+def test_refetch_from_another_url_extracts_it(server, tmp_path):
+    # the download is replaced (checksum differs), then re-extracted
+    base, locator = _two_url_versions(server, tmp_path)
     for version, images in (("v1", 4), ("v2", 3)):
         sha = sha256_file(tmp_path / ("a" if version == "v1" else "b") / "VeRi.zip")
         assert main(["data", "fetch", "veri", "--url", f"{base}/{version}/VeRi.zip", "--sha256", sha,
@@ -364,17 +369,12 @@ def test_workflow_refetches_a_changed_archive_from_a_quoted_path(tmp_path):
 
 def test_refetch_from_another_url_without_checksums(server, tmp_path):
     """Without sha256 the file name alone cannot tell two downloads apart: the URL is recorded and compared."""
-    base, behaviour = server
-    a_root, b_root = _veri_copy(tmp_path / "a"), _veri_copy(tmp_path / "b")
-    _drop_first_train_image(b_root)
-    behaviour.files["/v1/VeRi.zip"] = _zip_tree(a_root, tmp_path / "a/VeRi.zip").read_bytes()
-    behaviour.files["/v2/VeRi.zip"] = _zip_tree(b_root, tmp_path / "b/VeRi.zip").read_bytes()
-    locator = tmp_path / "d/dataset.json"
+    base, locator = _two_url_versions(server, tmp_path)
     for version, images in (("v1", 4), ("v2", 3), ("v2", 3)):
         assert main(["data", "fetch", "veri", "--url", f"{base}/{version}/VeRi.zip",
                      "--dest", str(tmp_path / "d"), "-o", str(locator), "--quiet"]) == 0
         assert _train_images(locator) == images
-    assert [r["path"] for r in behaviour.requests if r["range"] is None] == ["/v1/VeRi.zip", "/v2/VeRi.zip"]
+    assert [r["path"] for r in server[1].requests if r["range"] is None] == ["/v1/VeRi.zip", "/v2/VeRi.zip"]
 
 
 def test_cuda_index_beyond_the_visible_devices(monkeypatch, tmp_path, capsys):
