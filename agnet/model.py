@@ -1,4 +1,4 @@
-"""AGNet (paper §III, Fig. 2-3, Eq. 1, 3, 5) on a torchvision ResNet trunk.
+"""AGNet (paper §III, Fig. 2-3, Eq. 1, 3, 5) on a ResNet trunk (torchvision's layout, :mod:`agnet.resnet`).
 
 Shapes for a ResNet-50 at 224 x 224 input (C = 2048 channels, h = w = 7, D = embedding_dim):
 
@@ -25,49 +25,24 @@ import copy
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+
+from agnet.resnet import BasicBlock, ResNet, resnet
 
 BACKBONES = ("resnet18_narrow", "resnet18", "resnet34", "resnet50", "resnet101")
 
 
-class NarrowResNet18(nn.Module):
-    """ResNet-18 at a quarter of the width (16-32-64-128 channels): a fast trunk for tests and demos.
-
-    Same attribute names as torchvision's ResNet (conv1, bn1, layer1 … layer4), no classifier.
-    """
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        channels = [width, width * 2, width * 4, width * 8]
-        inplanes = width
-        for index, planes in enumerate(channels, start=1):
-            stride = 1 if index == 1 else 2
-            downsample = None
-            if stride != 1 or inplanes != planes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-                )
-            layer = nn.Sequential(BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes))
-            setattr(self, f"layer{index}", layer)
-            inplanes = planes
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-
 def build_trunk(backbone: str) -> nn.Module:
-    """A ResNet trunk (conv1 … layer4, no classifier) with random weights."""
+    """A ResNet trunk (conv1 … layer4, no classifier) with random weights.
+
+    ``resnet18_narrow`` is ResNet-18 at a quarter of the width (16-32-64-128 channels), a fast trunk for tests
+    and demos; the others are torchvision's networks (built by :mod:`agnet.resnet`, bit-identical weights).
+    """
     if backbone == "resnet18_narrow":
-        return NarrowResNet18()
+        return ResNet(BasicBlock, [2, 2, 2, 2], widths=(16, 32, 64, 128), with_classifier=False)
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r} (expected one of {', '.join(BACKBONES)})")
-    trunk = getattr(torchvision.models, backbone)(weights=None)
+    trunk = resnet(backbone)
     trunk.fc = nn.Identity()
     return trunk
 

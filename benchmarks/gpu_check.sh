@@ -52,7 +52,7 @@ cd "$OUT"  # `python -` and `python -m` put the working directory first on sys.p
 "$PYTHON" - "$OUT" "$SHRINK" "$REPO" <<'EOF'
 import importlib, json, platform, subprocess, sys
 out, shrink, repo = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-missing = [m for m in ("torch", "torchvision", "numpy", "PIL", "pandas", "pyarrow", "yaml", "jsonschema", "tqdm")
+missing = [m for m in ("torch", "numpy", "PIL", "pandas", "pyarrow", "yaml", "jsonschema", "tqdm")
            if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"gpu_check.sh: error: this Python ({sys.executable}) lacks {', '.join(missing)}; install them (any "

@@ -78,3 +78,70 @@ def test_descriptors_follow_eq5():
 def test_unknown_backbone_is_rejected():
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         build_trunk("vgg16")
+
+
+def _narrow_reference() -> torch.nn.Module:
+    """The demo trunk as it was built before agnet.resnet: torchvision's BasicBlock at 16-32-64-128 channels."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock
+
+    trunk = nn.Module()
+    trunk.conv1 = nn.Conv2d(3, 16, kernel_size=7, stride=2, padding=3, bias=False)
+    trunk.bn1, trunk.relu = nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+    trunk.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    inplanes = 16
+    for index, planes in enumerate([16, 32, 64, 128], start=1):
+        stride = 1 if index == 1 else 2
+        down = None
+        if stride != 1 or inplanes != planes:
+            down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        setattr(trunk, f"layer{index}", nn.Sequential(BasicBlock(inplanes, planes, stride, down),
+                                                      BasicBlock(planes, planes)))
+        inplanes = planes
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return trunk
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_narrow", "resnet18", "resnet34", "resnet50", "resnet101"])
+def test_trunks_are_torchvisions_networks_with_the_same_random_weights(backbone):
+    """agnet.resnet rebuilds torchvision's ResNets without importing torchvision: same parameter names (so
+    ImageNet files load strictly), same initialisation and RNG draws (so a seed gives the same weights), same
+    forward pass."""
+    import torchvision
+
+    torch.manual_seed(3)
+    ours = build_trunk(backbone)
+    torch.manual_seed(3)
+    if backbone == "resnet18_narrow":
+        reference = _narrow_reference()
+    else:
+        reference = getattr(torchvision.models, backbone)(weights=None)
+        reference.fc = torch.nn.Identity()
+    a, b = ours.state_dict(), reference.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    if backbone in ("resnet18_narrow", "resnet50"):
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(_feature_map(ours.eval(), x), _feature_map(reference.eval(), x))
+
+
+def _feature_map(trunk, x):
+    x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+    return trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
+
+
+def test_training_and_extraction_do_not_import_torchvision():
+    """torchvision costs seconds per process (its ops import torch._dynamo); the jobs that build a model must
+    not pay it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agnet.cli, agnet.train.loop, agnet.extract, agnet.evaluate, agnet.model; "
+            "from agnet.model import build_trunk; build_trunk('resnet18_narrow'); "
+            "sys.exit('torchvision imported' if 'torchvision' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:] or result.stdout

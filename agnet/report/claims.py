@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+from scipy.special import stdtrit  # the Student-t quantile (scipy.stats costs a second to import)
 
 from agnet.atomic import write_text
 from agnet.report.paper import (
@@ -194,7 +194,7 @@ def check(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins: dict[int, i
     mean = float(diff.mean()) if n else None
     low = high = None
     if n >= 2:
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * diff.std(ddof=1) / math.sqrt(n))
+        half = float(stdtrit(n - 1, 0.5 + CONFIDENCE / 2) * diff.std(ddof=1) / math.sqrt(n))
         low, high = mean - half, mean + half
     verdict = "inconclusive (result missing)" if n == 0 else decide(claim.paper_gap, low, high, n)
     return Verdict(claim, dataset, float(paired["a"].mean()) if n else None, float(paired["b"].mean()) if n else None,
