@@ -1,4 +1,4 @@
-"""Shared fixtures: writable copies of the hand-written dataset trees in tests/fixtures/, and a
+"""Shared fixtures: the tiny DAG run once per session, writable copies of the hand-written dataset trees in tests/fixtures/, and a
 bounded local HTTP server on 127.0.0.1 that can misbehave (for downloads)."""
 
 from __future__ import annotations
@@ -13,6 +13,22 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
+    """The whole DAG run once on tiny twins (``tests.test_workflow.TINY``), shared by the end-to-end and
+    DAG-declaration tests and used as the local reference of the SLURM comparison; returns the working
+    directory and the ``--configfile`` arguments. Tests may read it and move files away only to put them back."""
+    from tests.test_workflow import DEMO, TINY, snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny-dag")
+    cfg = workdir / "tiny.yaml"
+    cfg.write_text(TINY)
+    args = ("--configfile", DEMO, str(cfg))
+    done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, args
 
 
 @pytest.fixture

@@ -25,20 +25,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from tests.conftest import REPO
 from tests.slurm.site_profile import write_local_profile
-from tests.test_workflow import DEMO, SNAKEMAKE, TINY, snakemake
+from tests.test_workflow import SNAKEMAKE
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
 # Not under pytest's 0700 tmp dirs: munged, slurmdbd and MariaDB run as their own users.
 STATE = Path(f"/tmp/agnet-test-slurm-{os.getpid()}")
-# The end-to-end test's tiny DAG, deterministic, with enough epochs that the signal lands mid-run.
-CONFIG = yaml.safe_load(TINY)
-CONFIG["training"] = {**CONFIG["training"], "epochs": 10, "lr_milestones": [8], "deterministic": True}
+# The end-to-end test's tiny DAG (deterministic, with enough epochs that the signal lands mid-run); its local
+# run is the session's `tiny_dag`.
 INTERRUPTED = "results/runs/tiny-veri/agnet_asl/seed0"
 # Jobs that must go through sbatch (the rest are localrules): per rule, for the tiny DAG.
 CLUSTER_JOBS = {"synthesize": 2, "manifest": 2, "train": 2, "extract": 2, "evaluate": 2}  # one evaluate per run
@@ -99,20 +97,18 @@ def _warn_training_once_checkpointed(process: subprocess.Popen, run_dir: Path, t
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    """The tiny DAG run locally and through the SLURM profile (with one walltime warning)."""
+def runs(cluster, tiny_dag, tmp_path_factory):
+    """The tiny DAG run locally (the session's `tiny_dag`) and through the SLURM profile (with one walltime
+    warning)."""
     base = tmp_path_factory.mktemp("slurm-vs-local")
-    config = base / "tiny.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    local, remote = base / "local", base / "slurm"
-    done = snakemake(local, "--cores", "2", "--configfile", DEMO, str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
+    local, args = tiny_dag
+    remote = base / "slurm"
 
     profile = write_local_profile(base / "profile")
     since = _slurm("date", "+%Y-%m-%dT%H:%M:%S").strip()
     log = (base / "slurm-run.log").open("w")
-    process = subprocess.Popen([*SNAKEMAKE, "-d", str(remote), "--profile", str(profile), "--configfile", DEMO,
-                                str(config)], stdout=log, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([*SNAKEMAKE, "-d", str(remote), "--profile", str(profile), *args], stdout=log,
+                               stderr=subprocess.STDOUT, text=True)
     try:
         warned = _warn_training_once_checkpointed(process, remote / INTERRUPTED)
         process.wait(timeout=900)

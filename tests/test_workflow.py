@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ DEMO = str(REPO / "workflow/configs/demo.yaml")
 TINY = """run: [tiny-veri, tiny-vehicleid]
 seeds: [0]
 train_variants: [agnet_asl]
-training: {epochs: 1, batch_size: 8}
+training: {epochs: 10, lr_milestones: [8], batch_size: 8, deterministic: true}
 evaluation: {descriptors: [All], str: {enabled: true, lambdas: [0.0, 0.5]}}
 datasets:
   tiny-veri:
@@ -66,16 +67,10 @@ def test_missing_real_dataset_fails_with_how_to_obtain(tmp_path):
     assert "veri dataset not found" in log and "released by its authors on request" in log
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
-    """One run of the whole DAG on tiny twins, shared by the end-to-end and DAG-declaration tests."""
-    workdir = tmp_path_factory.mktemp("tiny-dag")
-    cfg = workdir / "tiny.yaml"
-    cfg.write_text(TINY)
-    args = ("--configfile", DEMO, str(cfg))
-    done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return workdir, args
+@pytest.fixture
+def tiny_run(tiny_dag) -> tuple[Path, tuple[str, ...]]:
+    """The whole DAG run once on tiny twins (``tests/conftest.py``: shared with the SLURM comparison)."""
+    return tiny_dag
 
 
 @pytest.mark.slow
@@ -92,7 +87,7 @@ def test_end_to_end_on_tiny_twins(tiny_run):
             assert (tmp_path / f"results/logs/{name}/{step}.log").stat().st_size > 0
         run = tmp_path / f"results/runs/{name}/agnet_asl/seed0"
         assert (run / "model.pt").is_file() and (run / "train_log.csv").is_file()
-        assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 1  # the merged configs reached it
+        assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 10  # the merged configs reached it
         metrics = json.loads((run / "metrics.json").read_text())  # one file per run: every descriptor x protocol
         expected = ["veri", "veri-str"] if fmt == "veri" else [f"vehicleid-{n}" for n in (2, 4, 6, 8)]
         assert [(r["descriptor"], r["protocol"]) for r in metrics["records"]] == [("All", p) for p in expected]
@@ -204,22 +199,39 @@ def _planned_jobs(text: str) -> set[str]:
     return jobs
 
 
-@pytest.mark.slow
-def test_deleting_a_file_reruns_exactly_what_depends_on_it(tiny_run, tmp_path):
-    workdir, args = tiny_run
-    wrong = {}
-    for name, producer in _DELETIONS.items():
+def _dry_runs_after_deleting(workdir: Path, args, names: list[str], scratch: Path) -> dict[str, tuple]:
+    """For each name: move it away, dry-run, put it back; the jobs planned (or the error) per name."""
+    planned = {}
+    for name in names:
         path = workdir / name
-        backup = tmp_path / "backup"
+        backup = scratch / "backup"
         shutil.move(path, backup)  # a rename keeps the modification times
         try:
             done = snakemake(workdir, *args, "-n")
         finally:
             shutil.move(backup, path)
-        planned = _planned_jobs(done.stdout)
-        if done.returncode != 0 or planned != _dependants(producer):
-            wrong[name] = (sorted(planned), sorted(_dependants(producer)), done.stderr[-500:])
-    assert wrong == {}
+        planned[name] = (done.returncode, _planned_jobs(done.stdout), done.stderr[-500:])
+    return planned
+
+
+@pytest.mark.slow
+def test_deleting_a_file_reruns_exactly_what_depends_on_it(tiny_run, tmp_path):
+    workdir, args = tiny_run
+    # Two halves of the cases at once (a dry run is one busy core): the second on an exact copy of the finished
+    # working directory (modification times and Snakemake's records kept).
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    names = list(_DELETIONS)
+    halves = [(workdir, names[::2], tmp_path / "a"), (copy, names[1::2], tmp_path / "b")]
+    for _, _, scratch in halves:
+        scratch.mkdir()
+    with ThreadPoolExecutor(2) as pool:
+        results = [pool.submit(_dry_runs_after_deleting, where, args, part, scratch) for where, part, scratch in halves]
+        planned = {name: outcome for result in results for name, outcome in result.result().items()}
+    wrong = {name: (sorted(jobs), sorted(_dependants(_DELETIONS[name])), stderr)
+             for name, (returncode, jobs, stderr) in planned.items()
+             if returncode != 0 or jobs != _dependants(_DELETIONS[name])}
+    assert sorted(planned) == sorted(_DELETIONS) and wrong == {}
 
 
 def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
