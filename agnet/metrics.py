@@ -46,18 +46,28 @@ Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc,
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+try:  # the compiled CPU kernel; without numba the NumPy path below gives the same results, more slowly
+    import numba
+
+    from agnet import _rank_kernel
+except ImportError:
+    numba = _rank_kernel = None
+
 __all__ = ["RankResult", "cmc_map", "evaluate", "evaluate_features", "pairwise_distance"]
 
 METRICS = ("euclidean", "cosine")
 _CPU_CHUNK_ELEMENTS = 1 << 22  # distances per query chunk on CPU (16 MB of float32)
 _GPU_CHUNK_ELEMENTS = 1 << 25
-_NUMPY_ON_CPU = True  # sparse path with NumPy on CPU (the tests switch it off to cover the torch version too)
+# How a chunk on CPU is ranked: "numba" (compiled kernel, the default when numba imports), "numpy" (the fallback),
+# or "torch" (the code path CUDA takes). The tests switch it to cover all three.
+_CPU_PATH = "numba" if _rank_kernel is not None else "numpy"
 
 
 @dataclass(frozen=True)
@@ -172,11 +182,15 @@ class _GalleryIndex:
         pos = torch.where(valid, self.starts[slot][:, None] + ar[None, :], 0)
         return self.order[pos], valid
 
-    def members_np(self, q_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`members` in NumPy (CPU index only)."""
+    def index_np(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(order, uniq, counts, starts)`` as NumPy arrays (CPU index only)."""
         if not hasattr(self, "_np"):
             self._np = tuple(t.numpy() for t in (self.order, self.uniq, self.counts, self.starts))
-        order, uniq, counts, starts = self._np
+        return self._np
+
+    def members_np(self, q_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`members` in NumPy (CPU index only)."""
+        order, uniq, counts, starts = self.index_np()
         b = q_ids.shape[0]
         if uniq.size == 0 or b == 0:
             return np.zeros((b, 0), np.int64), np.zeros((b, 0), np.bool_)
@@ -436,8 +450,9 @@ def _match_ranks(d: torch.Tensor, q_ids: torch.Tensor, q_cams: torch.Tensor | No
     ranks r_1 <= … <= r_P of its true matches among its non-junk gallery — ``row`` (T,) int64 the query (row of
     the chunk) of each, and ``npos`` (B,) int64 the number of true matches P per query (T = Σ P).
     """
-    if d.device.type == "cpu" and _NUMPY_ON_CPU:
-        out = _match_ranks_np(d.numpy(), q_ids.numpy(), None if q_cams is None else q_cams.numpy(), gal, ws)
+    if d.device.type == "cpu" and _CPU_PATH != "torch":
+        fn = _match_ranks_nb if _CPU_PATH == "numba" else _match_ranks_np
+        out = fn(d.numpy(), q_ids.numpy(), None if q_cams is None else q_cams.numpy(), gal, ws)
         return tuple(torch.from_numpy(x) for x in out)
     b = d.shape[0]
     dev = d.device
@@ -484,6 +499,67 @@ def _match_ranks_np(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
     start = np.cumsum(npos) - npos
     j = np.arange(total) - start[row] + 1
     return (neg_before + j).astype(np.float64), row, npos
+
+
+# CPU path (numba): agnet._rank_kernel ranks each row in one pass over it (see its docstring). Its knobs:
+_NB_MAX_BUCKETS = 4096  # buckets per row at most (the table stays in L1 cache) …
+_NB_BUCKETS_PER_MATCH = 16  # … and this many per true match
+_NB_SCAN = 8  # matches sharing an entry's bucket: compared one by one up to this many, else binary search
+_NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it (starting threads costs more)
+
+
+def _threads(n_rows: int, n_entries: int) -> int:
+    """Threads for the kernel: torch's intra-op setting (the suite's one knob), capped by NUMBA_NUM_THREADS."""
+    if n_entries < _NB_THREAD_MIN:
+        return 1
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows))
+
+
+def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None, gal: _GalleryIndex, ws=None):
+    """:func:`_match_ranks` on CPU by the compiled kernel: ``(ranks, row, npos)`` as NumPy arrays.
+
+    Rows are dealt to the threads round-robin (row t, t + n, …, so good and bad queries mix); each thread runs the
+    kernel without the GIL on its own rows and writes only its rows' slices of the output. Plain Python threads
+    rather than numba's ``parallel=True``: its OpenMP layer kills a forked child that ranks again
+    ("fork() called from a process already using GNU OpenMP") and its fallback layer aborts on concurrent calls.
+    """
+    d = np.ascontiguousarray(d)
+    b = d.shape[0]
+    order, uniq, counts, starts = gal.index_np()
+    has_cams = q_cams is not None
+    if has_cams:
+        qc, gc = np.ascontiguousarray(q_cams, np.int64), gal.cams_np()
+    else:
+        qc, gc = np.zeros(b, np.int64), np.zeros(order.shape[0], np.int64)
+    qi = np.ascontiguousarray(q_ids, np.int64)
+    npos = _rank_kernel.num_matches(qi, qc, has_cams, uniq, counts, starts, order, gc)
+    offsets = np.zeros(b + 1, np.int64)
+    np.cumsum(npos, out=offsets[1:])
+    ranks = np.empty(int(offsets[-1]), np.float64)
+    if ranks.size:
+        n = _threads(b, d.size)
+        args = (d, qi, qc, has_cams, uniq, counts, starts, order, gc, offsets, ranks)
+        knobs = (_NB_MAX_BUCKETS, _NB_BUCKETS_PER_MATCH, _NB_SCAN)
+        if n == 1:
+            _rank_kernel.match_ranks(*args, 0, 1, *knobs)
+        else:
+            errors = []
+
+            def work(t: int) -> None:
+                try:
+                    _rank_kernel.match_ranks(*args, t, n, *knobs)
+                except BaseException as e:  # re-raised in the calling thread
+                    errors.append(e)
+
+            threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(1, n)]
+            for t in threads:
+                t.start()
+            work(0)
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+    return ranks, np.repeat(np.arange(b), npos), npos
 
 
 def _finish(parts: list, num_queries: int, max_rank: int, official: bool) -> RankResult:

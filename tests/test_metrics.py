@@ -92,21 +92,32 @@ def assert_matches_reference(result: RankResult, ref: dict, max_rank: int) -> No
     np.testing.assert_array_equal(result.first_match_rank, ref["first"])
 
 
-# The CPU (NumPy) kernel has several routes that must agree; each test path forces one of them.
+# The CPU has two implementations — the compiled kernel (numba, the default when it imports) and the NumPy fallback
+# — and each has routes that must agree; each test path forces one of them. "torch" is the code path CUDA takes.
+HAVE_NUMBA = metrics._rank_kernel is not None
 ROUTES = {
-    "sparse": {"_SPARSE_BELOW": 2.0},  # sort the candidates (float32 only)
-    "hist": {"_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 0.0},  # bucket histogram over every entry
-    "compact": {"_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 2.0},  # histogram of the gathered close entries
+    "numba": {"_CPU_PATH": "numba"},
+    # one bucket per row: every candidate is placed among the matches by comparisons alone (bisection)
+    "numba1": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 1, "_NB_SCAN": 0},
+    # two buckets: matches share buckets all the time, placed by the linear scan
+    "numba2": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 2, "_NB_SCAN": 1 << 30},
+    # several threads even on tiny chunks (rows dealt round-robin)
+    "numbamt": {"_CPU_PATH": "numba", "_NB_THREAD_MIN": 0, "_NB_BUCKETS_PER_MATCH": 1},
+    "numpy": {"_CPU_PATH": "numpy"},  # the fallback without numba
+    "sparse": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 2.0},  # sort the candidates (float32 only)
+    "hist": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 0.0},  # bucket histogram, every entry
+    "compact": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 2.0},  # histogram of close entries
     # 4 buckets a row: matches share buckets all the time → further rounds, then the direct count
-    "tiny": {"_SPARSE_BELOW": 0.0, "_HIST_BUCKETS": 4, "_HIST_ROUNDS": 2},
-    "direct": {"_SPARSE_BELOW": 0.0, "_HIST_ROUNDS": 0},  # every match counted by comparing its row
+    "tiny": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_HIST_BUCKETS": 4, "_HIST_ROUNDS": 2},
+    "direct": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_HIST_ROUNDS": 0},  # every match counted directly
+    "torch": {"_CPU_PATH": "torch"},
 }
 
 
 @contextlib.contextmanager
 def backend(name: str):
-    """'numpy' (the CPU default), a forced NumPy route (see ROUTES) or 'torch' (the code path CUDA takes)."""
-    settings_ = {"_NUMPY_ON_CPU": name != "torch", **ROUTES.get(name, {})}
+    """A forced CPU route (see ROUTES)."""
+    settings_ = ROUTES[name]
     saved = {key: getattr(metrics, key) for key in settings_}
     for key, value in settings_.items():
         setattr(metrics, key, value)
@@ -120,8 +131,10 @@ def backend(name: str):
 # ------------------------------------------------------------------------------------------------------------
 # Property tests: random problems against the reference
 
-PATHS = ["float32-numpy", "float32-sparse", "float32-hist", "float32-compact", "float32-tiny", "float32-direct",
-         "float32-torch", "float64-numpy", "float64-tiny", "float64-torch"]
+NUMBA_PATHS = ["float32-numba", "float32-numba1", "float32-numba2", "float32-numbamt", "float64-numba",
+               "float64-numba2"]
+PATHS = [*(NUMBA_PATHS if HAVE_NUMBA else []), "float32-numpy", "float32-sparse", "float32-hist", "float32-compact",
+         "float32-tiny", "float32-direct", "float32-torch", "float64-numpy", "float64-tiny", "float64-torch"]
 
 
 def path_dtype(path: str):
@@ -451,7 +464,7 @@ def test_torch_inputs_half_precision_and_chunks_agree():
                  torch.from_numpy(g_cams), max_rank=10, official_ap=True)
     np.testing.assert_array_equal(r.ap, base.ap)
     transposed = torch.from_numpy(np.ascontiguousarray(dist.T)).T  # a non-contiguous view
-    for name in ("numpy", "torch"):
+    for name in ("numba", "numpy", "torch") if HAVE_NUMBA else ("numpy", "torch"):
         with backend(name):
             r = evaluate(transposed, q_ids, g_ids, q_cams, g_cams, max_rank=10, official_ap=True, chunk=8)
         np.testing.assert_array_equal(r.ap, base.ap)
