@@ -1,30 +1,35 @@
 """Compiled CPU kernel of :mod:`agnet.metrics` (numba): the ranks of each query's true matches, one pass per row.
 
-Imported by :mod:`agnet.metrics` only if numba imports; without it the NumPy path there is used (same results).
-The functions are compiled on first use and cached on disk (``cache=True``: numba's ``__pycache__`` next to this
-file, or its per-user cache directory when that is read-only); :data:`agnet.metrics` documents the cost.
+Imported by :mod:`agnet.metrics` only if numba imports; without it the NumPy path there gives the same results.
+The functions are compiled on first use and cached on disk (``cache=True``: ``__pycache__`` next to this file, or
+numba's per-user cache directory when that is read-only); :mod:`agnet.metrics` says what the first call costs.
 
-Per query row ``r`` of a chunk (the same-id gallery entries come from the id index of ``metrics._GalleryIndex``:
+Per query row of a chunk (its same-id gallery entries come from the id index of ``metrics._GalleryIndex``:
 ``order[starts[s] : starts[s] + counts[s]]`` for the slot ``s`` of the query's id in ``uniq``):
 
-1. the true matches (same id, other camera when cameras are given) are gathered and sorted: ``p_0 <= … <= p_{k-1}``
-   (a NaN match is ``+inf``), ``hi = p_{k-1}``;
-2. a bucket table over the finite range ``[lo, hi_f]`` of the matches: ``bucket(x) = clamp(floor((x - lo)·s), 0,
-   K - 1)`` computed in float64 with the same operations for matches and gallery entries, so it is monotone
-   (``x <= y`` ⇒ ``bucket(x) <= bucket(y)``); ``tab[b] = #{i : bucket(p_i) < b}``;
-3. one pass over the row: an entry ``x`` that is not ``<= hi`` (NaN, or beyond every match) is skipped; otherwise
-   ``idx = #{i : p_i < x}`` is found exactly — every match in a lower bucket is ``< x`` and every match in a higher
-   one ``> x`` (monotone buckets), so only the matches of x's own bucket, ``tab[b] … tab[b+1] - 1``, are compared
-   (a scan, or a binary search when there are more than ``scan`` of them) — and ``hist[idx] += 1``. Then
-   ``x <= p_j`` ⇔ ``idx <= j``, so the running sum of ``hist`` up to ``j`` counts the entries ``<= p_j``
-   (ties pessimistic: an entry equal to ``p_j`` is counted);
-4. the same-id entries (true matches and junk) are taken back out with the same rule, leaving ``N_j`` = non-junk
-   negatives ``<= p_j``, and the rank of the j-th match (1-based) is ``j + N_j``.
+1. the true matches (same id; another camera when cameras are given) are gathered and sorted,
+   ``p_0 <= … <= p_{k-1}`` (a NaN match counts as ``+inf``); ``hi = p_{k-1}``;
+2. buckets over the finite range ``[lo, hi_f]`` of the matches: ``bucket(x) = clamp((x - lo)·s, 0, K - 1)`` rounded
+   down, computed in the distances' own float type with the same operations for matches and gallery entries, so it
+   is monotone (``x <= y`` ⇒ ``bucket(x) <= bucket(y)``). ``tab[b] = #{i : bucket(p_i) < b}``; ``amb[b]``: bucket b
+   holds a match. ``K = min(max_buckets, per_match·k)``;
+3. every entry ``x`` gets ``idx = #{i : p_i < x}``, exactly: a match in a lower bucket is ``< x`` and one in a
+   higher bucket ``> x`` (monotone buckets), so ``idx = tab[bucket(x)]`` unless x's own bucket holds matches, and
+   then only those are compared (a scan, or bisection when there are more than ``scan``). An entry that is not
+   ``<= hi`` (NaN, or beyond every match) is never counted. ``x <= p_j`` ⇔ ``idx <= j``, so the running sum of the
+   histogram of idx up to j counts the entries ``<= p_j`` — ties pessimistic: an entry equal to ``p_j`` counts.
+   Two ways, same counts: a row whose sampled share of candidates (entries ``<= hi``) is below ``few`` visits the
+   candidates only (a branch per entry, rarely taken); any other row takes three branch-light passes — the bucket
+   of every entry (vectorised), a per-bucket count (far entries spread over a few spare counters so they do not
+   queue on one), and the exact placement of the entries that landed in a bucket holding a match (gathered by the
+   count pass without branching);
+4. the same-id entries (true matches and junk) are taken back out by the same rule, leaving ``N_j`` = non-junk
+   negatives ``<= p_j``; the rank of the j-th match (1-based) is ``j + N_j``.
 
-``±inf`` entries and matches need no special case: the clamp puts them in the end buckets and the exact comparison
-inside a bucket orders them; a NaN entry fails ``x <= hi`` and is never counted. When the finite matches span no
-range (one match, all equal, only infinities) or the span is not representable (overflow, subnormal), ``K = 1`` and
-step 3 degenerates to the search within one bucket — still exact.
+``±inf`` entries and matches need no special case: the clamp puts them into the end buckets and the exact
+comparison inside a bucket orders them. When the finite matches span no range (one match, all equal, only
+infinities) or the span is not representable (overflow, subnormal scale), ``K = 1``: step 3 is the comparison with
+the matches alone — still exact.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+_SPREAD = 8  # counters for the entries beyond every match (a power of two)
+_SAMPLE = 256  # entries of a row sampled to choose the way of step 3
+
 
 @nb.njit(cache=True, nogil=True)
 def num_matches(q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams):
-    """(B,) int64: the number of true matches of each query (same id; other camera when ``has_cams``)."""
+    """(B,) int64: the number of true matches of each query (same id; another camera when ``has_cams``)."""
     b = q_ids.shape[0]
     npos = np.zeros(b, np.int64)
     for r in range(b):
@@ -50,14 +58,31 @@ def num_matches(q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams):
 
 
 @nb.njit(cache=True, nogil=True)
+def _lower_bound(ps, x, i, e, scan):
+    """First index in [i, e) whose match is >= x (e if none): a scan of up to ``scan`` matches, else bisection."""
+    if e - i > scan:
+        while i < e:
+            mid = (i + e) >> 1
+            if ps[mid] < x:
+                i = mid + 1
+            else:
+                e = mid
+        return i
+    while i < e and ps[i] < x:
+        i += 1
+    return i
+
+
+@nb.njit(cache=True, nogil=True)
 def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams, offsets, out, first_row, row_step,
-                max_buckets, per_match, scan):
+                max_buckets, per_match, scan, few):
     """Write the 1-based ranks of the true matches of rows ``first_row, first_row + row_step, …`` of ``d`` (B, G)
-    into ``out[offsets[r] : offsets[r + 1]]`` (ascending; ``offsets`` from :func:`num_matches`)."""
+    into ``out[offsets[r] : offsets[r + 1]]``, ascending (``offsets``: running sum of :func:`num_matches`)."""
     b, g = d.shape
     m = 0
     for s in range(counts.shape[0]):
         m = max(m, counts[s])
+    max_buckets = max(max_buckets, 1)
     p = np.empty(max(m, 1), d.dtype)
     hist = np.empty(m + 1, np.int64)
     nt = max_buckets + _SPREAD  # the buckets, then the far entries' counters
@@ -65,17 +90,18 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
     amb = np.empty(nt, np.bool_)
     cnt = np.zeros(nt, np.int64)
     key = np.empty(g, np.int32)
-    consts = np.empty(3, d.dtype)  # lo, scale, top in the distances' own float type
+    pending = np.empty(g, np.int64)
+    consts = np.zeros(4, d.dtype)  # lo, scale, top, 0 in the distances' own float type
     for r in range(first_row, b, row_step):
         k = offsets[r + 1] - offsets[r]
         if k == 0:
             continue
         row = d[r]
         s = np.searchsorted(uniq, q_ids[r])
-        lo_m, hi_m = starts[s], starts[s] + counts[s]
+        first_member, end_member = starts[s], starts[s] + counts[s]
         # 1. the true matches, sorted (NaN → +inf)
         i = 0
-        for t in range(lo_m, hi_m):
+        for t in range(first_member, end_member):
             gi = order[t]
             if has_cams and g_cams[gi] == q_cams[r]:
                 continue
@@ -106,13 +132,13 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                 else:
                     consts[1] = 0.0
         consts[2] = nbk - 1
-        lo, scale, top, zero = consts[0], consts[1], consts[2], consts[1] * 0
+        lo, scale, top, zero = consts[0], consts[1], consts[2], consts[3]
         for u in range(nbk + _SPREAD + 1):
             tab[u] = 0
         for u in range(nbk + _SPREAD):
             amb[u] = False
         for u in range(k):
-            t = (ps[u] - lo) * scale
+            t = (ps[u] - lo) * scale  # NaN only for ±inf when scale is 0: then bucket 0, the only one
             t = t if t > zero else zero
             t = t if t < top else top
             bk = np.int32(t)
@@ -121,29 +147,62 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for u in range(nbk):
             tab[u + 1] += tab[u]
         for u in range(nbk + 1, nbk + _SPREAD + 1):
-            tab[u] = k  # far entries: after every match (never counted)
-        # 3a. the bucket of every entry (vectorised); NaN and entries beyond every match go to a far counter,
-        # spread over _SPREAD of them so that runs of far entries do not wait on one counter
-        far = np.int32(nbk)
-        for gi in range(g):
-            x = row[gi]
-            t = (x - lo) * scale
-            t = t if t > zero else zero
-            t = t if t < top else top
-            key[gi] = np.int32(t) if x <= hi else far + np.int32(gi & (_SPREAD - 1))
-        # 3b. count them per bucket; an entry in a bucket that holds a match is placed among those exactly:
-        # idx = #{p < x}, moved from the bucket's first index tab[kk] (where the bucket count puts it) to idx
+            tab[u] = k  # far entries: after every match, never counted
         for u in range(k + 1):
             hist[u] = 0
-        for gi in range(g):
-            kk = key[gi]
-            cnt[kk] += 1
-            if amb[kk]:
+        # 3. idx = #{p < x} of every entry: hist[tab[b]] gets the count of bucket b, and an entry of a bucket
+        # holding matches is moved from tab[b] to its exact idx
+        n_sample = min(g, _SAMPLE)
+        cand = 0
+        for gi in range(n_sample):
+            cand += row[gi] <= hi
+        if cand < few * n_sample:  # few candidates: visit those only
+            for gi in range(g):
                 x = row[gi]
+                if x <= hi:
+                    t = (x - lo) * scale
+                    t = t if t > zero else zero
+                    t = t if t < top else top
+                    kk = np.int32(t)
+                    cnt[kk] += 1
+                    if amb[kk]:
+                        i0 = tab[kk]
+                        idx = i0
+                        e = tab[kk + 1]
+                        if e - idx > scan:
+                            while idx < e:
+                                mid = (idx + e) >> 1
+                                if ps[mid] < x:
+                                    idx = mid + 1
+                                else:
+                                    e = mid
+                        else:
+                            while idx < e and ps[idx] < x:
+                                idx += 1
+                        hist[idx] += 1
+                        hist[i0] -= 1
+        else:  # many: three branch-light passes
+            far = np.int32(nbk)
+            for gi in range(g):
+                x = row[gi]
+                t = (x - lo) * scale
+                t = t if t > zero else zero
+                t = t if t < top else top
+                key[gi] = np.int32(t) if x <= hi else np.int32(far + (gi & (_SPREAD - 1)))
+            n = 0
+            for gi in range(g):
+                kk = key[gi]
+                cnt[kk] += 1
+                pending[n] = gi
+                n += amb[kk]
+            for u in range(n):
+                gi = pending[u]
+                x = row[gi]
+                kk = key[gi]
                 i0 = tab[kk]
                 idx = i0
                 e = tab[kk + 1]
-                if e - idx > scan:  # many matches in one bucket: bisection
+                if e - idx > scan:
                     while idx < e:
                         mid = (idx + e) >> 1
                         if ps[mid] < x:
@@ -153,14 +212,13 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                 else:
                     while idx < e and ps[idx] < x:
                         idx += 1
-                if idx != i0:
-                    hist[idx] += 1
-                    hist[i0] -= 1
+                hist[idx] += 1
+                hist[i0] -= 1
         for u in range(nbk + _SPREAD):
             hist[tab[u]] += cnt[u]
             cnt[u] = 0
         # 4. the same-id entries (true matches and junk) out again, by the same rule
-        for t in range(lo_m, hi_m):
+        for t in range(first_member, end_member):
             x = row[order[t]]
             if x <= hi:
                 tt = (x - lo) * scale
@@ -173,22 +231,3 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for j in range(k):
             neg += hist[j]
             out[off + j] = j + 1 + neg
-
-
-_SPREAD = 8  # far-entry counters (a power of two)
-
-
-@nb.njit(cache=True, nogil=True)
-def _lower_bound(ps, x, i, e, scan):
-    """The first index in [i, e) whose match is >= x (e if none): a scan up to ``scan`` matches, else bisection."""
-    if e - i > scan:
-        while i < e:
-            mid = (i + e) >> 1
-            if ps[mid] < x:
-                i = mid + 1
-            else:
-                e = mid
-        return i
-    while i < e and ps[i] < x:
-        i += 1
-    return i

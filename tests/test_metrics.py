@@ -97,12 +97,12 @@ def assert_matches_reference(result: RankResult, ref: dict, max_rank: int) -> No
 HAVE_NUMBA = metrics._rank_kernel is not None
 ROUTES = {
     "numba": {"_CPU_PATH": "numba"},
-    # one bucket per row: every candidate is placed among the matches by comparisons alone (bisection)
-    "numba1": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 1, "_NB_SCAN": 0},
-    # two buckets: matches share buckets all the time, placed by the linear scan
-    "numba2": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 2, "_NB_SCAN": 1 << 30},
-    # several threads even on tiny chunks (rows dealt round-robin)
-    "numbamt": {"_CPU_PATH": "numba", "_NB_THREAD_MIN": 0, "_NB_BUCKETS_PER_MATCH": 1},
+    # one bucket per row, every row through the three passes: candidates placed by comparisons alone (bisection)
+    "numba1": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 1, "_NB_SCAN": 0, "_NB_FEW": 0.0},
+    # two buckets, every row through the candidates-only loop: matches share buckets, placed by the linear scan
+    "numba2": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 2, "_NB_SCAN": 1 << 30, "_NB_FEW": 2.0},
+    # one bucket per match, three passes, and several threads even on tiny chunks (rows dealt round-robin)
+    "numbamt": {"_CPU_PATH": "numba", "_NB_THREAD_MIN": 0, "_NB_BUCKETS_PER_MATCH": 1, "_NB_FEW": 0.0},
     "numpy": {"_CPU_PATH": "numpy"},  # the fallback without numba
     "sparse": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 2.0},  # sort the candidates (float32 only)
     "hist": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 0.0},  # bucket histogram, every entry
@@ -132,7 +132,7 @@ def backend(name: str):
 # Property tests: random problems against the reference
 
 NUMBA_PATHS = ["float32-numba", "float32-numba1", "float32-numba2", "float32-numbamt", "float64-numba",
-               "float64-numba2"]
+               "float64-numba1", "float64-numba2"]
 PATHS = [*(NUMBA_PATHS if HAVE_NUMBA else []), "float32-numpy", "float32-sparse", "float32-hist", "float32-compact",
          "float32-tiny", "float32-direct", "float32-torch", "float64-numpy", "float64-tiny", "float64-torch"]
 
