@@ -83,14 +83,17 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
     for s in range(counts.shape[0]):
         m = max(m, counts[s])
     max_buckets = max(max_buckets, 1)
-    p = np.empty(max(m, 1), d.dtype)
+    p = np.empty(max(m, 1), d.dtype)  # the matches as gathered …
+    q = np.empty(max(m, 1), d.dtype)  # … and sorted
+    mb = np.empty(max(m, 1), np.int32)  # bucket of each gathered match
     hist = np.empty(m + 1, np.int64)
     nt = max_buckets + _SPREAD  # the buckets, then the far entries' counters
     tab = np.empty(nt + 1, np.int64)
     amb = np.empty(nt, np.bool_)
+    fill = np.zeros(nt, np.int64)
     cnt = np.zeros(nt, np.int64)
-    key = np.empty(g, np.int32)
-    pending = np.empty(g, np.int64)
+    key = np.empty(g, np.uint32)
+    pending = np.empty(g, np.int32)
     consts = np.zeros(4, d.dtype)  # lo, scale, top, 0 in the distances' own float type
     for r in range(first_row, b, row_step):
         k = offsets[r + 1] - offsets[r]
@@ -99,36 +102,35 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         row = d[r]
         s = np.searchsorted(uniq, q_ids[r])
         first_member, end_member = starts[s], starts[s] + counts[s]
-        # 1. the true matches, sorted (NaN → +inf)
+        # 1. the true matches (NaN → +inf), their largest value and the range of the finite ones
         i = 0
+        hi = -np.inf
+        lo_f = np.inf
+        hi_f = -np.inf
         for t in range(first_member, end_member):
             gi = order[t]
             if has_cams and g_cams[gi] == q_cams[r]:
                 continue
             y = row[gi]
-            p[i] = y if y == y else np.inf
+            y = y if y == y else np.inf
+            p[i] = y
             i += 1
-        ps = p[:k]
-        ps.sort()
-        hi = ps[k - 1]
+            hi = max(hi, y)
+            if -np.inf < y < np.inf:
+                lo_f = min(lo_f, y)
+                hi_f = max(hi_f, y)
         # 2. buckets over the finite range of the matches
-        a = 0
-        while a < k and ps[a] == -np.inf:
-            a += 1
-        z = k - 1
-        while z >= 0 and ps[z] == np.inf:
-            z -= 1
         nbk = 1
         consts[0] = 0.0
         consts[1] = 0.0
-        if a < z:
-            span = np.float64(ps[z]) - np.float64(ps[a])
+        if lo_f < hi_f:
+            span = np.float64(hi_f) - np.float64(lo_f)
             want = min(max_buckets, per_match * k)
-            if want > 1 and 0.0 < span < np.inf:
+            if want > 1 and span < np.inf:
                 consts[1] = want / span
                 if 0.0 < consts[1] < np.inf:  # representable in the distances' type
                     nbk = want
-                    consts[0] = ps[a]
+                    consts[0] = lo_f
                 else:
                     consts[1] = 0.0
         consts[2] = nbk - 1
@@ -138,20 +140,46 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for u in range(nbk + _SPREAD):
             amb[u] = False
         for u in range(k):
-            t = (ps[u] - lo) * scale  # NaN only for ±inf when scale is 0: then bucket 0, the only one
+            t = (p[u] - lo) * scale  # NaN only for ±inf when scale is 0: then bucket 0, the only one
             t = t if t > zero else zero
             t = t if t < top else top
             bk = np.int32(t)
+            mb[u] = bk
             tab[bk + 1] += 1
             amb[bk] = True
         for u in range(nbk):
             tab[u + 1] += tab[u]
         for u in range(nbk + 1, nbk + _SPREAD + 1):
             tab[u] = k  # far entries: after every match, never counted
+        # the matches sorted: by bucket (a counting sort on tab), then within buckets (insertion sort, linear
+        # unless matches share buckets); one bucket: an ordinary sort
+        ps = q[:k]
+        if nbk == 1:
+            ps[:] = p[:k]
+            ps.sort()
+        else:
+            crowd = 0
+            for u in range(k):
+                bk = mb[u]
+                ps[tab[bk] + fill[bk]] = p[u]
+                fill[bk] += 1
+                crowd = max(crowd, fill[bk])
+            for u in range(k):
+                fill[mb[u]] = 0
+            if crowd > 16:  # a crowded bucket: insertion sort would be quadratic there
+                ps.sort()
+            else:
+                for u in range(1, k):
+                    v = ps[u]
+                    j = u - 1
+                    while j >= 0 and ps[j] > v:
+                        ps[j + 1] = ps[j]
+                        j -= 1
+                    ps[j + 1] = v
         for u in range(k + 1):
             hist[u] = 0
         # 3. idx = #{p < x} of every entry: hist[tab[b]] gets the count of bucket b, and an entry of a bucket
-        # holding matches is moved from tab[b] to its exact idx
+        # holding matches is moved from tab[b] to its exact idx. (Keys are unsigned: no negative-index fix-ups.)
         n_sample = min(g, _SAMPLE)
         cand = 0
         for gi in range(n_sample):
@@ -163,55 +191,57 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                     t = (x - lo) * scale
                     t = t if t > zero else zero
                     t = t if t < top else top
-                    kk = np.int32(t)
+                    kk = np.uint32(np.int32(t))
                     cnt[kk] += 1
                     if amb[kk]:
                         i0 = tab[kk]
-                        idx = i0
+                        idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
                         e = tab[kk + 1]
-                        if e - idx > scan:
-                            while idx < e:
-                                mid = (idx + e) >> 1
-                                if ps[mid] < x:
-                                    idx = mid + 1
-                                else:
-                                    e = mid
-                        else:
-                            while idx < e and ps[idx] < x:
-                                idx += 1
+                        if idx != i0 and idx < e:  # rare: more matches in this bucket, below x
+                            if e - idx > scan:
+                                while idx < e:
+                                    mid = (idx + e) >> 1
+                                    if ps[mid] < x:
+                                        idx = mid + 1
+                                    else:
+                                        e = mid
+                            else:
+                                while idx < e and ps[idx] < x:
+                                    idx += 1
                         hist[idx] += 1
                         hist[i0] -= 1
         else:  # many: three branch-light passes
             far = np.int32(nbk)
-            for gi in range(g):
+            for gi in range(g):  # the key of every entry (vectorised)
                 x = row[gi]
                 t = (x - lo) * scale
                 t = t if t > zero else zero
                 t = t if t < top else top
-                key[gi] = np.int32(t) if x <= hi else np.int32(far + (gi & (_SPREAD - 1)))
+                key[gi] = np.uint32(np.int32(t) if x <= hi else np.int32(far + (gi & (_SPREAD - 1))))
             n = 0
-            for gi in range(g):
+            for gi in range(g):  # count per key; note the entries of buckets holding matches, without branching
                 kk = key[gi]
                 cnt[kk] += 1
                 pending[n] = gi
                 n += amb[kk]
-            for u in range(n):
+            for u in range(n):  # place those exactly
                 gi = pending[u]
                 x = row[gi]
                 kk = key[gi]
                 i0 = tab[kk]
-                idx = i0
+                idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
                 e = tab[kk + 1]
-                if e - idx > scan:
-                    while idx < e:
-                        mid = (idx + e) >> 1
-                        if ps[mid] < x:
-                            idx = mid + 1
-                        else:
-                            e = mid
-                else:
-                    while idx < e and ps[idx] < x:
-                        idx += 1
+                if idx != i0 and idx < e:  # rare: more matches in this bucket, below x
+                    if e - idx > scan:
+                        while idx < e:
+                            mid = (idx + e) >> 1
+                            if ps[mid] < x:
+                                idx = mid + 1
+                            else:
+                                e = mid
+                    else:
+                        while idx < e and ps[idx] < x:
+                            idx += 1
                 hist[idx] += 1
                 hist[i0] -= 1
         for u in range(nbk + _SPREAD):
