@@ -75,7 +75,7 @@ def _lower_bound(ps, x, i, e, scan):
 
 @nb.njit(cache=True, nogil=True)
 def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams, offsets, out, first_row, row_step,
-                max_buckets, per_match, scan, few):
+                max_buckets, per_match, per_match_few, scan, few):
     """Write the 1-based ranks of the true matches of rows ``first_row, first_row + row_step, …`` of ``d`` (B, G)
     into ``out[offsets[r] : offsets[r + 1]]``, ascending (``offsets``: running sum of :func:`num_matches`)."""
     b, g = d.shape
@@ -88,10 +88,10 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
     mb = np.empty(max(m, 1), np.int32)  # bucket of each gathered match
     hist = np.empty(m + 1, np.int64)
     nt = max_buckets + _SPREAD  # the buckets, then the far entries' counters
-    tab = np.empty(nt + 1, np.int64)
+    tab = np.empty(nt + 1, np.int32)
     amb = np.empty(nt, np.bool_)
-    fill = np.zeros(nt, np.int64)
-    cnt = np.zeros(nt, np.int64)
+    fill = np.zeros(nt, np.int32)
+    cnt = np.zeros(nt, np.int32)
     key = np.empty(g, np.uint32)
     pending = np.empty(g, np.int32)
     consts = np.zeros(4, d.dtype)  # lo, scale, top, 0 in the distances' own float type
@@ -119,13 +119,20 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
             if -np.inf < y < np.inf:
                 lo_f = min(lo_f, y)
                 hi_f = max(hi_f, y)
+        # few candidates (a share of the row below ``few`` in a sample) or many: the way of step 3, and so the
+        # number of buckets — many buckets make fewer entries share a bucket with a match, but cost per row
+        n_sample = min(g, _SAMPLE)
+        cand = 0
+        for gi in range(n_sample):
+            cand += row[gi] <= hi
+        sparse = cand < few * n_sample
         # 2. buckets over the finite range of the matches
         nbk = 1
         consts[0] = 0.0
         consts[1] = 0.0
         if lo_f < hi_f:
             span = np.float64(hi_f) - np.float64(lo_f)
-            want = min(max_buckets, per_match * k)
+            want = min(max_buckets, (per_match_few if sparse else per_match) * k)
             if want > 1 and span < np.inf:
                 consts[1] = want / span
                 if 0.0 < consts[1] < np.inf:  # representable in the distances' type
@@ -180,11 +187,7 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
             hist[u] = 0
         # 3. idx = #{p < x} of every entry: hist[tab[b]] gets the count of bucket b, and an entry of a bucket
         # holding matches is moved from tab[b] to its exact idx. (Keys are unsigned: no negative-index fix-ups.)
-        n_sample = min(g, _SAMPLE)
-        cand = 0
-        for gi in range(n_sample):
-            cand += row[gi] <= hi
-        if cand < few * n_sample:  # few candidates: visit those only
+        if sparse:  # few candidates: visit those only
             for gi in range(g):
                 x = row[gi]
                 if x <= hi:
@@ -197,7 +200,7 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                         i0 = tab[kk]
                         idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
                         e = tab[kk + 1]
-                        if idx != i0 and idx < e:  # rare: more matches in this bucket, below x
+                        if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
                             if e - idx > scan:
                                 while idx < e:
                                     mid = (idx + e) >> 1
@@ -231,7 +234,7 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                 i0 = tab[kk]
                 idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
                 e = tab[kk + 1]
-                if idx != i0 and idx < e:  # rare: more matches in this bucket, below x
+                if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
                     if e - idx > scan:
                         while idx < e:
                             mid = (idx + e) >> 1

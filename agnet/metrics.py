@@ -502,8 +502,9 @@ def _match_ranks_np(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
 
 
 # CPU path (numba): agnet._rank_kernel ranks each row in one pass over it (see its docstring). Its knobs:
-_NB_MAX_BUCKETS = 4096  # buckets per row at most (the table stays in L1 cache) …
-_NB_BUCKETS_PER_MATCH = 16  # … and this many per true match
+_NB_MAX_BUCKETS = 4096  # buckets per row at most (the tables stay in L1 cache) …
+_NB_BUCKETS_PER_MATCH = 32  # … and this many per true match (rows with many candidates) …
+_NB_BUCKETS_PER_MATCH_FEW = 8  # … or this many (rows with few candidates: the tables cost more than they save)
 _NB_SCAN = 8  # matches sharing an entry's bucket: compared one by one up to this many, else bisection
 _NB_FEW = 1 / 16  # rows whose sampled share of candidates is below this visit the candidates only
 _NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it (starting threads costs more)
@@ -540,7 +541,7 @@ def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
     if ranks.size:
         n = _threads(b, d.size)
         args = (d, qi, qc, has_cams, uniq, counts, starts, order, gc, offsets, ranks)
-        knobs = (_NB_MAX_BUCKETS, _NB_BUCKETS_PER_MATCH, _NB_SCAN, _NB_FEW)
+        knobs = (_NB_MAX_BUCKETS, _NB_BUCKETS_PER_MATCH, _NB_BUCKETS_PER_MATCH_FEW, _NB_SCAN, _NB_FEW)
         if n == 1:
             _rank_kernel.match_ranks(*args, 0, 1, *knobs)
         else:

@@ -103,6 +103,8 @@ ROUTES = {
     "numba2": {"_CPU_PATH": "numba", "_NB_MAX_BUCKETS": 2, "_NB_SCAN": 1 << 30, "_NB_FEW": 2.0},
     # one bucket per match, three passes, and several threads even on tiny chunks (rows dealt round-robin)
     "numbamt": {"_CPU_PATH": "numba", "_NB_THREAD_MIN": 0, "_NB_BUCKETS_PER_MATCH": 1, "_NB_FEW": 0.0},
+    # one bucket per match on the candidates-only loop
+    "numbafew": {"_CPU_PATH": "numba", "_NB_BUCKETS_PER_MATCH_FEW": 1, "_NB_FEW": 2.0},
     "numpy": {"_CPU_PATH": "numpy"},  # the fallback without numba
     "sparse": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 2.0},  # sort the candidates (float32 only)
     "hist": {"_CPU_PATH": "numpy", "_SPARSE_BELOW": 0.0, "_COMPACT_BELOW": 0.0},  # bucket histogram, every entry
@@ -131,7 +133,7 @@ def backend(name: str):
 # ------------------------------------------------------------------------------------------------------------
 # Property tests: random problems against the reference
 
-NUMBA_PATHS = ["float32-numba", "float32-numba1", "float32-numba2", "float32-numbamt", "float64-numba",
+NUMBA_PATHS = ["float32-numba", "float32-numba1", "float32-numba2", "float32-numbamt", "float32-numbafew", "float64-numba",
                "float64-numba1", "float64-numba2"]
 PATHS = [*(NUMBA_PATHS if HAVE_NUMBA else []), "float32-numpy", "float32-sparse", "float32-hist", "float32-compact",
          "float32-tiny", "float32-direct", "float32-torch", "float64-numpy", "float64-tiny", "float64-torch"]
