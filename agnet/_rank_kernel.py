@@ -7,29 +7,33 @@ numba's per-user cache directory when that is read-only); :mod:`agnet.metrics` s
 Per query row of a chunk (its same-id gallery entries come from the id index of ``metrics._GalleryIndex``:
 ``order[starts[s] : starts[s] + counts[s]]`` for the slot ``s`` of the query's id in ``uniq``):
 
-1. the true matches (same id; another camera when cameras are given) are gathered and sorted,
-   ``p_0 <= … <= p_{k-1}`` (a NaN match counts as ``+inf``); ``hi = p_{k-1}``;
+1. the true matches (same id; another camera when cameras are given) are gathered, a NaN one as ``+inf``;
+   ``hi`` = the largest;
 2. buckets over the finite range ``[lo, hi_f]`` of the matches: ``bucket(x) = clamp((x - lo)·s, 0, K - 1)`` rounded
-   down, computed in the distances' own float type with the same operations for matches and gallery entries, so it
-   is monotone (``x <= y`` ⇒ ``bucket(x) <= bucket(y)``). ``tab[b] = #{i : bucket(p_i) < b}``; ``amb[b]``: bucket b
-   holds a match. ``K = min(max_buckets, per_match·k)``;
+   down, in the distances' own float type with the same operations for matches and gallery entries, so it is
+   monotone (``x <= y`` ⇒ ``bucket(x) <= bucket(y)``); ``K = min(max_buckets, per_match·k)`` (``per_match_few`` on
+   a row with few candidates). ``tab[b] = #{i : bucket(p_i) < b}`` (a count and a running sum); ``amb[b]``: bucket b
+   holds a match. The matches are sorted by a counting sort on their buckets, then within buckets (an insertion
+   sort, linear unless matches crowd a bucket; then, as with one bucket, an ordinary sort): ``p_0 <= … <= p_{k-1}``;
 3. every entry ``x`` gets ``idx = #{i : p_i < x}``, exactly: a match in a lower bucket is ``< x`` and one in a
-   higher bucket ``> x`` (monotone buckets), so ``idx = tab[bucket(x)]`` unless x's own bucket holds matches, and
-   then only those are compared (a scan, or bisection when there are more than ``scan``). An entry that is not
-   ``<= hi`` (NaN, or beyond every match) is never counted. ``x <= p_j`` ⇔ ``idx <= j``, so the running sum of the
-   histogram of idx up to j counts the entries ``<= p_j`` — ties pessimistic: an entry equal to ``p_j`` counts.
-   Two ways, same counts: a row whose sampled share of candidates (entries ``<= hi``) is below ``few`` visits the
-   candidates only (a branch per entry, rarely taken); any other row takes three branch-light passes — the bucket
-   of every entry (vectorised), a per-bucket count (far entries spread over a few spare counters so they do not
-   queue on one), and the exact placement of the entries that landed in a bucket holding a match (gathered by the
-   count pass without branching);
+   higher bucket ``> x`` (monotone buckets), so ``idx = tab[bucket(x)]`` unless x's bucket holds matches; then the
+   first of them decides (one comparison, no branch) unless the bucket holds more match values (rare: a scan, or
+   bisection beyond ``scan`` of them). An entry that is not ``<= hi`` (NaN, or beyond every match) is never counted.
+   ``x <= p_j`` ⇔ ``idx <= j``, so the running sum of the histogram of idx up to j counts the entries ``<= p_j`` —
+   ties pessimistic: an entry equal to ``p_j`` counts. The histogram is kept per bucket (``hist[tab[b]]`` gets
+   bucket b's count at the end) plus the moves of the entries placed past ``tab[b]``. Two ways, same counts: a row
+   whose share of candidates (entries ``<= hi``) in a sample of ``_SAMPLE`` entries is below ``few`` visits the
+   candidates only (a branch per entry, rarely taken); any other row takes two branch-light passes — the key of
+   every entry (its bucket, or one of ``_SPREAD`` spare counters for the far ones so they do not queue on one
+   counter; vectorised), then the count per key with the placement of the entries of buckets holding matches;
 4. the same-id entries (true matches and junk) are taken back out by the same rule, leaving ``N_j`` = non-junk
    negatives ``<= p_j``; the rank of the j-th match (1-based) is ``j + N_j``.
 
 ``±inf`` entries and matches need no special case: the clamp puts them into the end buckets and the exact
 comparison inside a bucket orders them. When the finite matches span no range (one match, all equal, only
-infinities) or the span is not representable (overflow, subnormal scale), ``K = 1``: step 3 is the comparison with
-the matches alone — still exact.
+infinities) or the span is not representable (overflow, a scale that overflows the float type), ``K = 1``: step 3
+is the comparison with the matches alone — still exact. Keys are unsigned (no negative-index fix-ups in the loops);
+a row holds fewer than 2**31 entries.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numba as nb
 import numpy as np
 
 _SPREAD = 8  # counters for the entries beyond every match (a power of two)
+_BLOCK = 32  # entries tested at once on the candidates-only way
 _SAMPLE = 256  # entries of a row sampled to choose the way of step 3
 
 
@@ -93,7 +98,6 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
     fill = np.zeros(nt, np.int32)
     cnt = np.zeros(nt, np.int32)
     key = np.empty(g, np.uint32)
-    pending = np.empty(g, np.int32)
     consts = np.zeros(4, d.dtype)  # lo, scale, top, 0 in the distances' own float type
     for r in range(first_row, b, row_step):
         k = offsets[r + 1] - offsets[r]
@@ -186,34 +190,41 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for u in range(k + 1):
             hist[u] = 0
         # 3. idx = #{p < x} of every entry: hist[tab[b]] gets the count of bucket b, and an entry of a bucket
-        # holding matches is moved from tab[b] to its exact idx. (Keys are unsigned: no negative-index fix-ups.)
+        # holding matches is moved from tab[b] to its exact idx
         if sparse:  # few candidates: visit those only
-            for gi in range(g):
-                x = row[gi]
-                if x <= hi:
-                    t = (x - lo) * scale
-                    t = t if t > zero else zero
-                    t = t if t < top else top
-                    kk = np.uint32(np.int32(t))
-                    cnt[kk] += 1
-                    if amb[kk]:
-                        i0 = tab[kk]
-                        idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
-                        e = tab[kk + 1]
-                        if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
-                            if e - idx > scan:
-                                while idx < e:
-                                    mid = (idx + e) >> 1
-                                    if ps[mid] < x:
-                                        idx = mid + 1
-                                    else:
-                                        e = mid
-                            else:
-                                while idx < e and ps[idx] < x:
-                                    idx += 1
-                        hist[idx] += 1
-                        hist[i0] -= 1
-        else:  # many: three branch-light passes
+            for blk in range(0, g, _BLOCK):
+                end_blk = min(blk + _BLOCK, g)
+                c = 0
+                for gi in range(blk, end_blk):  # vectorised test of a block: most hold no candidate
+                    c += row[gi] <= hi
+                if c == 0:
+                    continue
+                for gi in range(blk, end_blk):
+                    x = row[gi]
+                    if x <= hi:
+                        t = (x - lo) * scale
+                        t = t if t > zero else zero
+                        t = t if t < top else top
+                        kk = np.uint32(np.int32(t))
+                        cnt[kk] += 1
+                        if amb[kk]:
+                            i0 = tab[kk]
+                            idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
+                            e = tab[kk + 1]
+                            if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
+                                if e - idx > scan:
+                                    while idx < e:
+                                        mid = (idx + e) >> 1
+                                        if ps[mid] < x:
+                                            idx = mid + 1
+                                        else:
+                                            e = mid
+                                else:
+                                    while idx < e and ps[idx] < x:
+                                        idx += 1
+                            hist[idx] += 1
+                            hist[i0] -= 1
+        else:  # many: two branch-light passes
             far = np.int32(nbk)
             for gi in range(g):  # the key of every entry (vectorised)
                 x = row[gi]
@@ -221,32 +232,27 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                 t = t if t > zero else zero
                 t = t if t < top else top
                 key[gi] = np.uint32(np.int32(t) if x <= hi else np.int32(far + (gi & (_SPREAD - 1))))
-            n = 0
-            for gi in range(g):  # count per key; note the entries of buckets holding matches, without branching
+            for gi in range(g):  # count per key; the entries of buckets holding matches (rare) placed exactly
                 kk = key[gi]
                 cnt[kk] += 1
-                pending[n] = gi
-                n += amb[kk]
-            for u in range(n):  # place those exactly
-                gi = pending[u]
-                x = row[gi]
-                kk = key[gi]
-                i0 = tab[kk]
-                idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
-                e = tab[kk + 1]
-                if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
-                    if e - idx > scan:
-                        while idx < e:
-                            mid = (idx + e) >> 1
-                            if ps[mid] < x:
-                                idx = mid + 1
-                            else:
-                                e = mid
-                    else:
-                        while idx < e and ps[idx] < x:
-                            idx += 1
-                hist[idx] += 1
-                hist[i0] -= 1
+                if amb[kk]:
+                    x = row[gi]
+                    i0 = tab[kk]
+                    idx = i0 + np.int64(ps[i0] < x)  # usually that match decides
+                    e = tab[kk + 1]
+                    if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
+                        if e - idx > scan:
+                            while idx < e:
+                                mid = (idx + e) >> 1
+                                if ps[mid] < x:
+                                    idx = mid + 1
+                                else:
+                                    e = mid
+                        else:
+                            while idx < e and ps[idx] < x:
+                                idx += 1
+                    hist[idx] += 1
+                    hist[i0] -= 1
         for u in range(nbk + _SPREAD):
             hist[tab[u]] += cnt[u]
             cnt[u] = 0

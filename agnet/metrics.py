@@ -504,7 +504,7 @@ def _match_ranks_np(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
 # CPU path (numba): agnet._rank_kernel ranks each row in one pass over it (see its docstring). Its knobs:
 _NB_MAX_BUCKETS = 4096  # buckets per row at most (the tables stay in L1 cache) …
 _NB_BUCKETS_PER_MATCH = 32  # … and this many per true match (rows with many candidates) …
-_NB_BUCKETS_PER_MATCH_FEW = 8  # … or this many (rows with few candidates: the tables cost more than they save)
+_NB_BUCKETS_PER_MATCH_FEW = 4  # … or this many (rows with few candidates: the tables cost more than they save)
 _NB_SCAN = 8  # matches sharing an entry's bucket: compared one by one up to this many, else bisection
 _NB_FEW = 1 / 16  # rows whose sampled share of candidates is below this visit the candidates only
 _NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it (starting threads costs more)
