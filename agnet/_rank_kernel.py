@@ -116,7 +116,7 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
             if has_cams and g_cams[gi] == q_cams[r]:
                 continue
             y = row[gi]
-            y = y if y == y else np.inf
+            y = np.inf if np.isnan(y) else y
             p[i] = y
             i += 1
             hi = max(hi, y)

@@ -26,19 +26,29 @@ module only when a negative ties a match exactly.)
 **Algorithm (no per-query sort of the gallery).** The ranks above are all CMC and AP need, and
 ``r_j = j + N_j`` with ``N_j`` the number of non-junk negatives whose distance is ``<=`` the j-th smallest
 true-match distance ``p_j``; ``N_j = C(p_j) −`` (same-id entries ``<= p_j``) with ``C(p)`` the number of gallery
-entries ``<= p``. Per chunk of queries:
+entries ``<= p``. Whatever the ranking, each distance is read a small, fixed number of times:
 
-1. gather each query's same-id gallery entries through an id index built once (no Q×G id comparison), split them
-   into true matches and junk by camera, sort only the P true-match distances;
-2. CPU (NumPy): ``C(p_j)`` for all j from one bucket histogram per row (see :func:`_hist_round`): a monotone
-   quantiser over the row's match range, one ``bincount``, and an exact split of each match's own bucket by
-   comparing with that match — a fixed handful of passes over a cache-sized block of rows, whatever the ranking.
-   When the candidates (entries ``<=`` the largest match distance) are a small share of the chunk (a good
-   ranking), sorting just those is cheaper and is used instead;
+1. CPU, compiled (numba, the default when it imports; :mod:`agnet._rank_kernel`): per query row, the true matches
+   are gathered through an id index built once (no Q×G id comparison) and sorted, and every gallery entry is
+   placed among them exactly — ``idx = #{j : p_j < x}`` — by a monotone bucket table over the matches' range: only
+   an entry whose bucket holds a match is compared with it. A running sum of the histogram of ``idx`` gives
+   ``C(p_j)`` for all j; the same-id entries are taken out the same way. Rows with few candidates (entries ``<=`` the
+   largest match) test blocks of entries at once and visit the candidates only; the others take two branch-light
+   passes (the entries' buckets, vectorised; then their counts). Rows are dealt round-robin to
+   ``torch.get_num_threads()`` Python threads (the kernel releases the GIL; plain threads rather than numba's
+   ``parallel=True``, whose OpenMP layer kills a forked child that ranks again). The first call in a process takes
+   about 1.3 s (it imports numba and loads the machine code cached by ``cache=True``; about 100 MB more memory); the
+   first run after installing, or after the kernel changes, compiles it: about 16 s for the first distance dtype and
+   8 s for the other (float32 / float64; measured on the suite's 2-core CPU);
+2. CPU without numba (NumPy): the same counts from one bucket histogram per row (see :func:`_hist_round`): a
+   monotone quantiser over the row's match range, one ``bincount``, and an exact split of each match's own bucket by
+   comparing with that match — a fixed handful of passes over a cache-sized block of rows. When the candidates are a
+   small share of the chunk (a good ranking), sorting just those is cheaper and is used instead;
 3. elsewhere (CUDA): a row-batched ``torch.searchsorted`` of the whole chunk into the sorted match distances,
    ``scatter_add`` and a running sum — one pass, independent of the ranking too.
 
-Memory is bounded by the chunk; on a GPU only the ranks of the true matches come back to the host.
+Memory is bounded by the chunk (the compiled kernel needs no chunk: a few gallery-sized buffers per thread); on a
+GPU only the ranks of the true matches come back to the host.
 
 Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc, mAP)``), :func:`pairwise_distance`,
 :func:`evaluate_features` (features → metrics in query chunks, never holding the whole Q×G matrix).
@@ -46,19 +56,13 @@ Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc,
 
 from __future__ import annotations
 
-import threading
+import importlib.util
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-try:  # the compiled CPU kernel; without numba the NumPy path below gives the same results, more slowly
-    import numba
-
-    from agnet import _rank_kernel
-except ImportError:
-    numba = _rank_kernel = None
 
 __all__ = ["RankResult", "cmc_map", "evaluate", "evaluate_features", "pairwise_distance"]
 
@@ -67,7 +71,8 @@ _CPU_CHUNK_ELEMENTS = 1 << 22  # distances per query chunk on CPU (16 MB of floa
 _GPU_CHUNK_ELEMENTS = 1 << 25
 # How a chunk on CPU is ranked: "numba" (compiled kernel, the default when numba imports), "numpy" (the fallback),
 # or "torch" (the code path CUDA takes). The tests switch it to cover all three.
-_CPU_PATH = "numba" if _rank_kernel is not None else "numpy"
+# numba itself is imported on first use (it adds about half a second to an import of this module).
+_CPU_PATH = "numba" if importlib.util.find_spec("numba") is not None else "numpy"
 
 
 @dataclass(frozen=True)
@@ -451,7 +456,7 @@ def _match_ranks(d: torch.Tensor, q_ids: torch.Tensor, q_cams: torch.Tensor | No
     the chunk) of each, and ``npos`` (B,) int64 the number of true matches P per query (T = Σ P).
     """
     if d.device.type == "cpu" and _CPU_PATH != "torch":
-        fn = _match_ranks_nb if _CPU_PATH == "numba" else _match_ranks_np
+        fn = _match_ranks_nb if _CPU_PATH == "numba" and _kernel() is not None else _match_ranks_np
         out = fn(d.numpy(), q_ids.numpy(), None if q_cams is None else q_cams.numpy(), gal, ws)
         return tuple(torch.from_numpy(x) for x in out)
     b = d.shape[0]
@@ -510,10 +515,25 @@ _NB_FEW = 1 / 16  # rows whose sampled share of candidates is below this visit t
 _NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it (starting threads costs more)
 
 
+def _kernel():
+    """:mod:`agnet._rank_kernel`, imported on first use; None (and the NumPy path from then on, with a warning)
+    if numba is installed but does not import."""
+    global _CPU_PATH
+    try:
+        from agnet import _rank_kernel
+    except ImportError as e:
+        warnings.warn(f"agnet.metrics: numba does not import ({e}); ranking with the NumPy path", stacklevel=3)
+        _CPU_PATH = "numpy"
+        return None
+    return _rank_kernel
+
+
 def _threads(n_rows: int, n_entries: int) -> int:
     """Threads for the kernel: torch's intra-op setting (the suite's one knob), capped by NUMBA_NUM_THREADS."""
     if n_entries < _NB_THREAD_MIN:
         return 1
+    import numba  # imported with the kernel
+
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows))
 
 
@@ -525,6 +545,7 @@ def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
     rather than numba's ``parallel=True``: its OpenMP layer kills a forked child that ranks again
     ("fork() called from a process already using GNU OpenMP") and its fallback layer aborts on concurrent calls.
     """
+    kernel = _kernel()
     d = np.ascontiguousarray(d)
     b = d.shape[0]
     order, uniq, counts, starts = gal.index_np()
@@ -534,7 +555,7 @@ def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
     else:
         qc, gc = np.zeros(b, np.int64), np.zeros(order.shape[0], np.int64)
     qi = np.ascontiguousarray(q_ids, np.int64)
-    npos = _rank_kernel.num_matches(qi, qc, has_cams, uniq, counts, starts, order, gc)
+    npos = kernel.num_matches(qi, qc, has_cams, uniq, counts, starts, order, gc)
     offsets = np.zeros(b + 1, np.int64)
     np.cumsum(npos, out=offsets[1:])
     ranks = np.empty(int(offsets[-1]), np.float64)
@@ -543,24 +564,13 @@ def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
         args = (d, qi, qc, has_cams, uniq, counts, starts, order, gc, offsets, ranks)
         knobs = (_NB_MAX_BUCKETS, _NB_BUCKETS_PER_MATCH, _NB_BUCKETS_PER_MATCH_FEW, _NB_SCAN, _NB_FEW)
         if n == 1:
-            _rank_kernel.match_ranks(*args, 0, 1, *knobs)
-        else:
-            errors = []
-
-            def work(t: int) -> None:
-                try:
-                    _rank_kernel.match_ranks(*args, t, n, *knobs)
-                except BaseException as e:  # re-raised in the calling thread
-                    errors.append(e)
-
-            threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(1, n)]
-            for t in threads:
-                t.start()
-            work(0)
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+            kernel.match_ranks(*args, 0, 1, *knobs)
+        else:  # a pool per call: no thread outlives it (a fork later finds none)
+            with ThreadPoolExecutor(n - 1) as pool:
+                others = [pool.submit(kernel.match_ranks, *args, t, n, *knobs) for t in range(1, n)]
+                kernel.match_ranks(*args, 0, n, *knobs)
+                for f in others:
+                    f.result()
     return ranks, np.repeat(np.arange(b), npos), npos
 
 
@@ -653,7 +663,10 @@ def evaluate(
     dev = _resolve_device(device, d_all)
     qi, qc, gal = _prepare_labels(q_ids, g_ids, q_cams, g_cams, nq, ng, dev)
     ws = _Workspace()
-    step = _chunk_rows(chunk, ng, dev)
+    if chunk is None and dev.type == "cpu" and _CPU_PATH == "numba" and d_all.is_contiguous():
+        step = max(nq, 1)  # the kernel needs no chunking: one call per thread over the whole matrix
+    else:
+        step = _chunk_rows(chunk, ng, dev)
     parts = []
     with torch.inference_mode():
         for s in range(0, nq, step):

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -21,6 +25,7 @@ from hypothesis import strategies as st
 
 from agnet import metrics
 from agnet.metrics import RankResult, cmc_map, evaluate, evaluate_features, pairwise_distance
+from tests.conftest import REPO
 
 # ------------------------------------------------------------------------------------------------------------
 # Reference
@@ -94,7 +99,7 @@ def assert_matches_reference(result: RankResult, ref: dict, max_rank: int) -> No
 
 # The CPU has two implementations — the compiled kernel (numba, the default when it imports) and the NumPy fallback
 # — and each has routes that must agree; each test path forces one of them. "torch" is the code path CUDA takes.
-HAVE_NUMBA = metrics._rank_kernel is not None
+HAVE_NUMBA = metrics._CPU_PATH == "numba"  # numba is installed (the default CPU path then)
 ROUTES = {
     "numba": {"_CPU_PATH": "numba"},
     # one bucket per row, every row through the three passes: candidates placed by comparisons alone (bisection)
@@ -446,6 +451,153 @@ def test_infinite_and_nan_distances(path):
         r = evaluate(dist.astype(path_dtype(path)), [1], [1, 2, 3, 1, 4])
     assert r.mAP == pytest.approx((1 / 1 + 2 / 4) / 2)
     assert r.mINP == pytest.approx(2 / 4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The compiled kernel: edge cases of its bucket table, and the fallback without numba
+
+KERNEL_SETTINGS = {  # every way through agnet._rank_kernel.match_ranks
+    "default": {},
+    "one bucket, bisection": {"_NB_MAX_BUCKETS": 1, "_NB_SCAN": 0, "_NB_FEW": 0.0},
+    "two buckets, scan, candidates only": {"_NB_MAX_BUCKETS": 2, "_NB_SCAN": 1 << 30, "_NB_FEW": 2.0},
+    "fine buckets, two passes": {"_NB_BUCKETS_PER_MATCH": 1024, "_NB_FEW": 0.0},
+    "fine buckets, candidates only": {"_NB_BUCKETS_PER_MATCH_FEW": 1024, "_NB_FEW": 2.0},
+    "threads": {"_NB_THREAD_MIN": 0, "_NB_FEW": 0.0},
+}
+
+
+def brute_force_ranks(dist, q_ids, g_ids, q_cams, g_cams) -> list[np.ndarray]:
+    """Per query, the 1-based ranks of its true matches: j + #{non-junk negatives <= p_j} (NaN match = +inf,
+    a NaN negative never counts) — the definition the kernel implements, evaluated directly."""
+    out = []
+    for q in range(dist.shape[0]):
+        same = g_ids == q_ids[q]
+        junk = same & (g_cams == q_cams[q])
+        pos = np.sort(np.where(np.isnan(dist[q, same & ~junk]), np.inf, dist[q, same & ~junk]))
+        neg = dist[q, ~same]
+        out.append(np.array([j + 1 + np.count_nonzero(neg <= p) for j, p in enumerate(pos)], dtype=np.float64))
+    return out
+
+
+def kernel_ranks(dist, q_ids, g_ids, q_cams, g_cams) -> list[np.ndarray]:
+    q_ids, g_ids, q_cams, g_cams = (np.asarray(a, np.int64) for a in (q_ids, g_ids, q_cams, g_cams))
+    qi, qc, gal = metrics._prepare_labels(q_ids, g_ids, q_cams, g_cams, *dist.shape, torch.device("cpu"))
+    ranks, _, npos = metrics._match_ranks_nb(dist, qi.numpy(), qc.numpy(), gal)
+    return np.split(ranks, np.cumsum(npos)[:-1]) if npos.size else []
+
+
+def adversarial_rows(dtype, rng, n_rows=24, ng=300):
+    """Distances drawn from a few levels (many exact ties), with ±inf, NaN of both signs, signed zeros, huge and
+    subnormal values, and rows whose matches sit in one tight cluster next to a far outlier (crowded buckets)."""
+    fi = np.finfo(dtype)
+    levels = np.array([-np.inf, -fi.max, -1.0, -0.0, 0.0, fi.smallest_subnormal, fi.tiny, 0.5, 0.5, 1.0,
+                       1.0 + fi.eps, 2.0, fi.max, np.inf, np.nan, -np.nan], dtype=dtype)
+    dist = levels[rng.integers(0, levels.size, size=(n_rows, ng))]
+    cluster = (1.0 + np.arange(ng) * fi.eps).astype(dtype)
+    dist[::3] = rng.permutation(cluster)  # every third row: a tight run of values …
+    dist[::3, ::50] = dtype(1e30) if dtype == np.float32 else dtype(1e300)  # … and far outliers among them
+    dist[1::5] = rng.normal(size=(dist[1::5].shape)).astype(dtype)  # ordinary rows too
+    q_ids = rng.integers(0, 4, n_rows)
+    g_ids = rng.integers(0, 4, ng)
+    q_cams = rng.integers(0, 3, n_rows)
+    g_cams = rng.integers(0, 3, ng)
+    return dist, q_ids, g_ids, q_cams, g_cams
+
+
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (the NumPy path is tested alone)")
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(KERNEL_SETTINGS))
+def test_kernel_ranks_equal_the_definition_on_adversarial_rows(name, dtype):
+    rng = np.random.default_rng(21)
+    for _ in range(3):
+        problem = adversarial_rows(dtype, rng)
+        expected = brute_force_ranks(*problem)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(backend("numba"))
+            for key, value in KERNEL_SETTINGS[name].items():
+                stack.enter_context(pytest.MonkeyPatch.context()).setattr(metrics, key, value)
+            got = kernel_ranks(*problem)
+        assert len(got) == len(expected)
+        for q, (g, e) in enumerate(zip(got, expected, strict=True)):
+            np.testing.assert_array_equal(g, e, err_msg=f"query {q}")
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("matches, entries", [
+    ([0.5], [0.1, 0.5, 0.5, 0.9, np.inf, -np.inf, np.nan]),  # one match, ties and infinities around it
+    ([0.5] * 6, [0.5, 0.4, 0.6, 0.5, -0.0]),  # all matches equal: no span, one bucket
+    ([-np.inf, 0.5, np.inf, np.nan], [-np.inf, 0.5, 0.7, np.inf, np.nan, -1e30]),  # infinite and NaN matches
+    ([np.inf, np.inf], [np.inf, 1.0, np.nan]),  # only infinite matches: no finite range
+    ([-np.inf, -np.inf], [-np.inf, -1.0, np.nan]),
+    ([-1e38, 1e38], [-3e38, 0.0, 3e38, 1e38, -1e38]),  # a span that overflows float32 arithmetic
+    ([0.0, 1e-45], [0.0, 1e-45, 7e-46, -0.0, 1.0]),  # a subnormal span: the scale overflows
+])
+def test_kernel_edge_cases_of_the_bucket_table(matches, entries, dtype):
+    """One query: its matches first in the gallery, then negatives, then one junk entry equal to each match."""
+    with np.errstate(over="ignore"):
+        m = np.array(matches, dtype=dtype)
+        e = np.array(entries, dtype=dtype)
+        if dtype == np.float64 and np.all(np.abs(m[np.isfinite(m)]) == 1e38):
+            m, e = m * 1e270, e * 1e270  # float64 overflows only with larger values (±3e308 → ±inf)
+    dist = np.concatenate([m, e, m])[None, :]
+    g_ids = np.array([1] * m.size + [2] * e.size + [1] * m.size)
+    g_cams = np.array([1] * m.size + [0] * e.size + [0] * m.size)  # the copies are junk (query camera 0)
+    problem = (dist, np.array([1]), g_ids, np.array([0]), g_cams)
+    expected = brute_force_ranks(*problem)
+    for name, settings_ in KERNEL_SETTINGS.items():
+        with backend("numba"), pytest.MonkeyPatch.context() as mp:
+            for key, value in settings_.items():
+                mp.setattr(metrics, key, value)
+            got = kernel_ranks(*problem)
+        np.testing.assert_array_equal(got[0], expected[0], err_msg=name)
+
+
+@needs_numba
+def test_kernel_on_short_galleries_and_queries_without_matches():
+    for ng in range(5):
+        dist = np.linspace(0.0, 1.0, 3 * ng, dtype=np.float32).reshape(3, ng)
+        q_ids, g_ids = np.array([1, 2, 3]), np.arange(ng) % 2 + 1  # query id 3 has no gallery image
+        q_cams, g_cams = np.array([0, 0, 1]), np.zeros(ng, np.int64)  # query 1's (id 1) images are all junk
+        problem = (dist, q_ids, g_ids, q_cams, g_cams)
+        got, expected = kernel_ranks(*problem), brute_force_ranks(*problem)
+        assert [g.tolist() for g in got] == [e.tolist() for e in expected] == [[]] * 3
+
+
+def test_default_cpu_path_is_the_kernel_when_numba_imports():
+    assert metrics._CPU_PATH == ("numba" if importlib.util.find_spec("numba") else "numpy")
+
+
+def test_without_numba_the_numpy_path_ranks(tmp_path):
+    """A process where numba cannot be imported (e.g. the package installed without its dependencies) takes the
+    NumPy path and gives the same results."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "from agnet import metrics\n"
+        "assert metrics._CPU_PATH == 'numpy', metrics._CPU_PATH\n"
+        "r = metrics.evaluate(np.array([[0.1, 0.2, 0.3]], np.float32), [1], [1, 2, 1])\n"
+        "print(repr(r.ap.tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert out.stdout.strip() == repr([(1 / 1 + 2 / 3) / 2])
+    assert "numba" not in out.stderr
+
+
+def test_a_numba_that_does_not_import_falls_back_with_a_warning(monkeypatch):
+    import agnet
+
+    monkeypatch.setattr(metrics, "_CPU_PATH", "numba")
+    monkeypatch.delattr(agnet, "_rank_kernel", raising=False)
+    monkeypatch.setitem(sys.modules, "agnet._rank_kernel", None)  # the import raises ImportError
+    with pytest.warns(UserWarning, match="numba does not import"):
+        r = evaluate(np.array([[0.1, 0.2, 0.3]], np.float32), [1], [1, 2, 1])
+    assert r.ap.tolist() == [(1 / 1 + 2 / 3) / 2]
+    assert metrics._CPU_PATH == "numpy"
 
 
 # ------------------------------------------------------------------------------------------------------------
