@@ -22,10 +22,11 @@ Per query row of a chunk (its same-id gallery entries come from the id index of 
    ``x <= p_j`` ⇔ ``idx <= j``, so the running sum of the histogram of idx up to j counts the entries ``<= p_j`` —
    ties pessimistic: an entry equal to ``p_j`` counts. The histogram is kept per bucket (``hist[tab[b]]`` gets
    bucket b's count at the end) plus the moves of the entries placed past ``tab[b]``. Two ways, same counts: a row
-   whose share of candidates (entries ``<= hi``) in a sample of ``_SAMPLE`` entries is below ``few`` visits the
-   candidates only (a branch per entry, rarely taken); any other row takes two branch-light passes — the key of
-   every entry (its bucket, or one of ``_SPREAD`` spare counters for the far ones so they do not queue on one
-   counter; vectorised), then the count per key with the placement of the entries of buckets holding matches;
+   whose share of candidates (entries ``<= hi``) in a sample of ``_SAMPLE`` entries is below ``few`` tests blocks of
+   ``_BLOCK`` entries at once (vectorised) and visits the candidates of the blocks that hold one; any other row
+   takes two branch-light passes — the key of every entry (its bucket, or one of ``_SPREAD`` spare counters for the
+   far ones so they do not queue on one counter; vectorised), then the count per key, placing the entries of
+   buckets that hold matches (a few percent of them) on the way;
 4. the same-id entries (true matches and junk) are taken back out by the same rule, leaving ``N_j`` = non-junk
    negatives ``<= p_j``; the rank of the j-th match (1-based) is ``j + N_j``.
 

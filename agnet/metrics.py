@@ -507,7 +507,7 @@ def _match_ranks_np(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
 
 
 # CPU path (numba): agnet._rank_kernel ranks each row in one pass over it (see its docstring). Its knobs:
-_NB_MAX_BUCKETS = 4096  # buckets per row at most (the tables stay in L1 cache) …
+_NB_MAX_BUCKETS = 4096  # buckets per row at most (the tables stay in the core's cache) …
 _NB_BUCKETS_PER_MATCH = 32  # … and this many per true match (rows with many candidates) …
 _NB_BUCKETS_PER_MATCH_FEW = 4  # … or this many (rows with few candidates: the tables cost more than they save)
 _NB_SCAN = 8  # matches sharing an entry's bucket: compared one by one up to this many, else bisection
@@ -663,7 +663,7 @@ def evaluate(
     dev = _resolve_device(device, d_all)
     qi, qc, gal = _prepare_labels(q_ids, g_ids, q_cams, g_cams, nq, ng, dev)
     ws = _Workspace()
-    if chunk is None and dev.type == "cpu" and _CPU_PATH == "numba" and d_all.is_contiguous():
+    if chunk is None and dev.type == "cpu" and _CPU_PATH == "numba" and d_all.is_contiguous() and _kernel():
         step = max(nq, 1)  # the kernel needs no chunking: one call per thread over the whole matrix
     else:
         step = _chunk_rows(chunk, ng, dev)
