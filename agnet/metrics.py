@@ -34,8 +34,8 @@ entries ``<= p``. Whatever the ranking, each distance is read a small, fixed num
    an entry whose bucket holds a match is compared with it. A running sum of the histogram of ``idx`` gives
    ``C(p_j)`` for all j; the same-id entries are taken out the same way. Rows with few candidates (entries ``<=`` the
    largest match) test blocks of entries at once and visit the candidates only; the others take two branch-light
-   passes (the entries' buckets, vectorised; then their counts). Rows are dealt round-robin to
-   ``torch.get_num_threads()`` Python threads (the kernel releases the GIL; plain threads rather than numba's
+   passes (the entries' buckets, vectorised; then their counts). Interleaved groups of rows go to
+   ``torch.get_num_threads()`` Python threads on demand (the kernel releases the GIL; plain threads, not numba's
    ``parallel=True``, whose OpenMP layer kills a forked child that ranks again). The first call in a process takes
    about 1.3 s (it imports numba and loads the machine code cached by ``cache=True``; about 100 MB more memory); the
    first run after installing, or after the kernel changes, compiles it: about 16 s for the first distance dtype and
@@ -513,6 +513,7 @@ _NB_BUCKETS_PER_MATCH_FEW = 4  # … or this many (rows with few candidates: the
 _NB_SCAN = 8  # matches sharing an entry's bucket: compared one by one up to this many, else bisection
 _NB_FEW = 1 / 16  # rows whose sampled share of candidates is below this visit the candidates only
 _NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it (starting threads costs more)
+_NB_GROUPS_PER_THREAD = 8  # row groups (rows t, t + groups, …) per thread, taken on demand: a busy core does less
 
 
 def _kernel():
@@ -540,8 +541,9 @@ def _threads(n_rows: int, n_entries: int) -> int:
 def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None, gal: _GalleryIndex, ws=None):
     """:func:`_match_ranks` on CPU by the compiled kernel: ``(ranks, row, npos)`` as NumPy arrays.
 
-    Rows are dealt to the threads round-robin (row t, t + n, …, so good and bad queries mix); each thread runs the
-    kernel without the GIL on its own rows and writes only its rows' slices of the output. Plain Python threads
+    Rows are split into interleaved groups (rows t, t + groups, …, so good and bad queries mix) that the threads
+    take on demand (a thread on a busy core takes fewer); each call runs the kernel without the GIL on its group's
+    rows and writes only their slices of the output. Plain Python threads
     rather than numba's ``parallel=True``: its OpenMP layer kills a forked child that ranks again
     ("fork() called from a process already using GNU OpenMP") and its fallback layer aborts on concurrent calls.
     """
@@ -565,11 +567,10 @@ def _match_ranks_nb(d: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray | None,
         knobs = (_NB_MAX_BUCKETS, _NB_BUCKETS_PER_MATCH, _NB_BUCKETS_PER_MATCH_FEW, _NB_SCAN, _NB_FEW)
         if n == 1:
             kernel.match_ranks(*args, 0, 1, *knobs)
-        else:  # a pool per call: no thread outlives it (a fork later finds none)
-            with ThreadPoolExecutor(n - 1) as pool:
-                others = [pool.submit(kernel.match_ranks, *args, t, n, *knobs) for t in range(1, n)]
-                kernel.match_ranks(*args, 0, n, *knobs)
-                for f in others:
+        else:  # a pool per call (no thread outlives it: a later fork finds none) that hands out row groups on demand
+            groups = min(b, _NB_GROUPS_PER_THREAD * n)
+            with ThreadPoolExecutor(n) as pool:
+                for f in [pool.submit(kernel.match_ranks, *args, t, groups, *knobs) for t in range(groups)]:
                     f.result()
     return ranks, np.repeat(np.arange(b), npos), npos
 
