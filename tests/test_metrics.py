@@ -567,6 +567,27 @@ def test_kernel_on_short_galleries_and_queries_without_matches():
         assert [g.tolist() for g in got] == [e.tolist() for e in expected] == [[]] * 3
 
 
+def _rank_in_child(dist):
+    return evaluate(dist, np.arange(dist.shape[0]) % 5, np.arange(dist.shape[1]) % 5).ap
+
+
+@needs_numba
+def test_a_forked_child_ranks_after_its_parent():
+    """The kernel's threads are plain Python threads, gone after each call: a child forked after the parent ranked
+    (a DataLoader worker, a multiprocessing pool) can rank too — numba's OpenMP layer would kill it."""
+    import multiprocessing
+
+    dist = np.random.default_rng(4).random((64, 2048)).astype(np.float32)  # large enough for several threads
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "_NB_THREAD_MIN", 0)
+        parent = _rank_in_child(dist)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads (Python 3.12+)
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                child = pool.apply(_rank_in_child, (dist,))
+    np.testing.assert_array_equal(child, parent)
+
+
 def test_default_cpu_path_is_the_kernel_when_numba_imports():
     assert metrics._CPU_PATH == ("numba" if importlib.util.find_spec("numba") else "numpy")
 
