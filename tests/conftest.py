@@ -3,6 +3,13 @@ bounded local HTTP server on 127.0.0.1 that can misbehave (for downloads)."""
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # set before torch loads OpenMP (here and in every subprocess)
+    # Several workers share the cores: OpenMP threads that spin while waiting take the core a busy thread of
+    # another worker needs, and a small network then trains many times slower. Waiting threads sleep instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import http.server
 import shutil
 import threading
@@ -13,6 +20,18 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+# pytest-xdist (`-n auto --dist loadfile`, pyproject addopts): a test file is one unit of work, so its module
+# fixtures are built once (the session's tiny DAG is built once per worker that runs a file using it). Files
+# start heaviest first (measured serially on 2 cores: the SLURM comparison ≈ 5 min, the workflow tests ≈ 3 min,
+# the training tests 1–3 min each), so the long ones do not start last.
+_HEAVIEST_FIRST = ("tests/test_slurm.py", "tests/test_workflow.py", "tests/train/test_loop.py",
+                   "tests/train/test_faults.py", "tests/test_gpu_check.py", "tests/report/test_figures.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(REPO).as_posix(), len(rank)))  # stable otherwise
 
 
 @pytest.fixture(scope="session")
