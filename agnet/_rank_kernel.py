@@ -79,6 +79,24 @@ def _lower_bound(ps, x, i, e, scan):
     return i
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _position(x, lo, scale, zero, top):
+    """``(x - lo)·scale`` clamped to ``[0, top]`` in the distances' float type (monotone in x; NaN → 0): its integer
+    part is x's bucket."""
+    t = (x - lo) * scale
+    t = t if t > zero else zero
+    return t if t < top else top
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _exact_index(ps, x, i0, e, scan):
+    """``#{p < x}`` for an entry of a bucket holding the matches ``ps[i0:e]`` (``i0`` matches lie below it)."""
+    idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
+    if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
+        idx = _lower_bound(ps, x, idx, e, scan)
+    return idx
+
+
 @nb.njit(cache=True, nogil=True)
 def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams, offsets, out, first_row, row_step,
                 max_buckets, per_match, per_match_few, scan, few):
@@ -152,10 +170,9 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for u in range(nbk + _SPREAD):
             amb[u] = False
         for u in range(k):
-            t = (p[u] - lo) * scale  # NaN only for ±inf when scale is 0: then bucket 0, the only one
-            t = t if t > zero else zero
-            t = t if t < top else top
-            bk = np.int32(t)
+            # the same operations as for the gallery entries (monotone buckets); NaN only for ±inf when scale is 0:
+            # then bucket 0, the only one
+            bk = np.int32(_position(p[u], lo, scale, zero, top))
             mb[u] = bk
             tab[bk + 1] += 1
             amb[bk] = True
@@ -203,56 +220,24 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
                 for gi in range(blk, end_blk):
                     x = row[gi]
                     if x <= hi:
-                        t = (x - lo) * scale
-                        t = t if t > zero else zero
-                        t = t if t < top else top
-                        kk = np.uint32(np.int32(t))
+                        kk = np.uint32(np.int32(_position(x, lo, scale, zero, top)))
                         cnt[kk] += 1
                         if amb[kk]:
                             i0 = tab[kk]
-                            idx = i0 + np.int64(ps[i0] < x)  # the bucket holds a match: usually that one decides
-                            e = tab[kk + 1]
-                            if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
-                                if e - idx > scan:
-                                    while idx < e:
-                                        mid = (idx + e) >> 1
-                                        if ps[mid] < x:
-                                            idx = mid + 1
-                                        else:
-                                            e = mid
-                                else:
-                                    while idx < e and ps[idx] < x:
-                                        idx += 1
-                            hist[idx] += 1
+                            hist[_exact_index(ps, x, i0, tab[kk + 1], scan)] += 1
                             hist[i0] -= 1
         else:  # many: two branch-light passes
             far = np.int32(nbk)
             for gi in range(g):  # the key of every entry (vectorised)
                 x = row[gi]
-                t = (x - lo) * scale
-                t = t if t > zero else zero
-                t = t if t < top else top
+                t = _position(x, lo, scale, zero, top)
                 key[gi] = np.uint32(np.int32(t) if x <= hi else np.int32(far + (gi & (_SPREAD - 1))))
             for gi in range(g):  # count per key; the entries of buckets holding matches (rare) placed exactly
                 kk = key[gi]
                 cnt[kk] += 1
                 if amb[kk]:
-                    x = row[gi]
                     i0 = tab[kk]
-                    idx = i0 + np.int64(ps[i0] < x)  # usually that match decides
-                    e = tab[kk + 1]
-                    if (idx != i0) & (idx < e):  # rare: more matches in this bucket, below x
-                        if e - idx > scan:
-                            while idx < e:
-                                mid = (idx + e) >> 1
-                                if ps[mid] < x:
-                                    idx = mid + 1
-                                else:
-                                    e = mid
-                        else:
-                            while idx < e and ps[idx] < x:
-                                idx += 1
-                    hist[idx] += 1
+                    hist[_exact_index(ps, row[gi], i0, tab[kk + 1], scan)] += 1
                     hist[i0] -= 1
         for u in range(nbk + _SPREAD):
             hist[tab[u]] += cnt[u]
@@ -261,10 +246,7 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
         for t in range(first_member, end_member):
             x = row[order[t]]
             if x <= hi:
-                tt = (x - lo) * scale
-                tt = tt if tt > zero else zero
-                tt = tt if tt < top else top
-                bk = np.int32(tt)
+                bk = np.int32(_position(x, lo, scale, zero, top))
                 hist[_lower_bound(ps, x, tab[bk], tab[bk + 1], scan)] -= 1
         neg = 0
         off = offsets[r]
