@@ -10,8 +10,8 @@
     agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet [--model MODEL.pt] -o METRICS.json
                    [--descriptor D ...] [--protocol P ...]      (default: every descriptor x protocol of the config)
     agnet aggregate METRICS.json ... --out DIR
-    agnet report figures --config CONFIG --cmc CMC.parquet --illustrate DATASET FEATURES MANIFEST ...
-                   --train-log VARIANT TRAIN_LOG.csv ... --out DIR
+    agnet report figures --config CONFIG [--cmc CMC.parquet] [--illustrate DATASET FEATURES MANIFEST ...]
+                   [--train-log VARIANT TRAIN_LOG.csv ...] --out DIR   (the figures of the inputs given)
     agnet weights fetch BACKBONE --cache DIR
     agnet config check CONFIG.yaml [MORE.yaml ...]
 
@@ -350,7 +350,7 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     logs: dict[str, list[Path]] = {}
     for variant, path in args.train_log:
         logs.setdefault(variant, []).append(Path(path))
-    written = make_figures(load_config(*args.config), args.cmc, illustrate, logs, args.out)
+    written = make_figures(load_config(*args.config), args.out, args.cmc, illustrate, logs)
     log.info("wrote %d figure files to %s", len(written), args.out)
     return 0
 
@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     claims.set_defaults(func=_cmd_report_claims)
     figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
     _add_config(figures)
-    figures.add_argument("--cmc", type=Path, required=True, help="cmc.parquet written by `agnet aggregate`")
+    figures.add_argument("--cmc", type=Path, help="cmc.parquet written by `agnet aggregate` (Fig. 5/6)")
     figures.add_argument("--illustrate", nargs=3, action="append", default=[], metavar=("DATASET", "FEATURES", "MANIFEST"),
                          help="features and manifest of the run shown in Fig. 7/8 for a dataset (repeat per format)")
     figures.add_argument("--train-log", nargs=2, action="append", default=[], metavar=("VARIANT", "LOG"),

@@ -78,8 +78,13 @@ EOF
 
 # 3. Its own twins: a VeRi-size twin for extraction + evaluation (release crops), a smaller one for training.
 # held-out training vehicles on which veri-str tunes its weight: config.yaml's 50 for VeRi (1 when shrunk)
-if [ "$SHRINK" = 1 ]; then EVAL_SCALE=0.005; TRAIN_SCALE=0.005; HOLDOUT=1; else EVAL_SCALE=1.0; TRAIN_SCALE=0.1; HOLDOUT=50; fi
-for name_scale in "eval:$EVAL_SCALE" "train:$TRAIN_SCALE"; do
+# Shrunk, one tiny twin serves both (its training split is what the training rows read).
+if [ "$SHRINK" = 1 ]; then
+  TWINS="eval:0.005"; TRAIN=eval; HOLDOUT=1
+else
+  TWINS="eval:1.0 train:0.1"; TRAIN=train; HOLDOUT=50
+fi
+for name_scale in $TWINS; do
   name="${name_scale%%:*}"; scale="${name_scale#*:}"
   if [ ! -f "$OUT/$name.parquet" ]; then
     rm -rf "$OUT/$name-veri"
@@ -91,17 +96,19 @@ for name_scale in "eval:$EVAL_SCALE" "train:$TRAIN_SCALE"; do
 done
 
 # 4. Training throughput, extraction, evaluation.
-"$PYTHON" - "$OUT" "$SHRINK" "${WORKERS:-8}" "$REPO" <<'EOF'
+"$PYTHON" - "$OUT" "$SHRINK" "${WORKERS:-8}" "$REPO" "$TRAIN" <<'EOF'
 import json, shutil, subprocess, sys, time
 from pathlib import Path
 import torch
 from bench_train import run_epoch
 out, shrink, workers = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+train_manifest = out / f"{sys.argv[5]}.parquet"
 device = "cpu" if shrink else "cuda"
 base = {"pretrained": "none", "epochs": 1, "deterministic": False, "backbone": "resnet50", "input_size": [224, 224],
         "embedding_dim": 4096, "batch_size": 32, "workers": workers}
 if shrink:
-    base.update(backbone="resnet18_narrow", input_size=[64, 64], embedding_dim=128, workers=0)
+    # a few steps of the narrow network: the rehearsal exercises the code path, the GPU run measures
+    base.update(backbone="resnet18_narrow", input_size=[64, 64], embedding_dim=128, workers=0, max_steps=4)
     configs = [("on", "on", False)]
 else:
     configs = [(amp, cl, cache) for amp in ("on", "off") for cl in ("on", "off") for cache in (False, True)]
@@ -109,7 +116,7 @@ training = []
 for amp, cl, cache in configs:
     name = f"{device}-amp_{amp}-cl_{cl}-{'cache' if cache else 'jpeg'}"
     shutil.rmtree(out / "runs" / name, ignore_errors=True)
-    record = run_epoch(out / "train.parquet", out / "runs", name,
+    record = run_epoch(train_manifest, out / "runs", name,
                        {**base, "amp": amp, "channels_last": cl, "decoded_cache": cache}, device)
     training.append(record)
     print(json.dumps(record), flush=True)

@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 
 # pytest-xdist (`-n auto --dist loadfile`, pyproject addopts): a test file is one unit of work, so its module
-# fixtures are built once (the session's tiny DAG is built once per worker that runs a file using it). Files
+# fixtures are built once (the tiny DAG once per test run: `tiny_dag`). Files
 # start heaviest first (measured serially on 2 cores: the SLURM comparison ≈ 5 min, the workflow tests ≈ 3 min,
 # the training tests 1–3 min each), so the long ones do not start last.
 _HEAVIEST_FIRST = ("tests/test_slurm.py", "tests/test_workflow.py", "tests/train/test_loop.py",
@@ -38,15 +38,27 @@ def pytest_collection_modifyitems(config, items):
 def tiny_dag(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
     """The whole DAG run once on tiny twins (``tests.test_workflow.TINY``), shared by the end-to-end and
     DAG-declaration tests and used as the local reference of the SLURM comparison; returns the working
-    directory and the ``--configfile`` arguments. Tests may read it and move files away only to put them back."""
+    directory and the ``--configfile`` arguments. Tests only read it (a test that deletes files works on a copy).
+
+    Built once per test run, not once per pytest-xdist worker: the first worker to need it builds it under a
+    file lock in the run's shared temporary folder, the others wait and reuse it (a failed build is reported
+    to each of them, not retried)."""
+    from filelock import FileLock
+
     from tests.test_workflow import DEMO, TINY, snakemake
 
-    workdir = tmp_path_factory.mktemp("tiny-dag")
-    cfg = workdir / "tiny.yaml"
-    cfg.write_text(TINY)
-    args = ("--configfile", DEMO, str(cfg))
-    done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+    worker_tmp = tmp_path_factory.getbasetemp()
+    shared = worker_tmp.parent if os.environ.get("PYTEST_XDIST_WORKER") else worker_tmp
+    workdir = shared / "tiny-dag"
+    args = ("--configfile", DEMO, str(workdir / "tiny.yaml"))
+    built, failed = shared / "tiny-dag.built", shared / "tiny-dag.failed"
+    with FileLock(str(shared / "tiny-dag.lock")):
+        if not built.exists() and not failed.exists():
+            workdir.mkdir()
+            (workdir / "tiny.yaml").write_text(TINY)
+            done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
+            (built if done.returncode == 0 else failed).write_text(done.stderr[-3000:])
+    assert built.exists(), f"the tiny DAG failed:\n{failed.read_text()}"
     return workdir, args
 
 

@@ -50,6 +50,14 @@ def test_user_errors_are_one_line_with_status_1(tmp_path, capsys):
     assert not (tmp_path / "m.parquet").exists()
 
 
+def test_figures_without_any_input_is_one_clear_error(tmp_path, capsys):
+    """Each figure family is made from its own inputs (one workflow job each); none given is a user error."""
+    assert main(["report", "figures", "--config", str(REPO / "config.yaml"), "--out", str(tmp_path / "figs")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "agnet: error: no figure inputs given (a CMC table, runs to illustrate or training logs)")
+    assert not (tmp_path / "figs").exists()
+
+
 def test_synth_rejects_too_few_vehicles(tmp_path, capsys):
     assert main(["data", "synth", "veri", str(tmp_path / "t"), "--vehicles", "1"]) == 1
     assert "--vehicles must be at least 4, got 1" in capsys.readouterr().err

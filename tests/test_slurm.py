@@ -40,7 +40,8 @@ STATE = Path(f"/tmp/agnet-test-slurm-{os.getpid()}")
 INTERRUPTED = "results/runs/tiny-veri/agnet_asl/seed0"
 # Jobs that must go through sbatch (the rest are localrules): per rule, for the tiny DAG.
 CLUSTER_JOBS = {"synthesize": 2, "manifest": 2, "train": 2, "extract": 2, "evaluate": 2}  # one evaluate per run
-LOCAL_RULES = ("fetch", "verify", "fetch_weights", "aggregate", "tables", "claims", "figures")
+LOCAL_RULES = ("fetch", "verify", "fetch_weights", "aggregate", "tables", "claims", "figures_cmc",
+               "figures_illustrations", "figures_training")
 
 
 def _missing_requirement() -> str | None:

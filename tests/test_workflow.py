@@ -42,11 +42,20 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_dag_covers_every_stage(tmp_path):
-    done = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(REPO / "workflow/configs/demo.yaml"))
-    assert done.returncode == 0, done.stderr
-    for rule in ("synthesize", "verify", "manifest"):
-        assert rule in done.stdout
+def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
+    """README's quick start (`snakemake --profile workflow/profiles/demo`, from the checkout): the demo config, every
+    stage, and the small network's trainings and extractions on one thread each (two at once on 2 cores)."""
+    command = [*SNAKEMAKE, "-d", str(tmp_path), "--profile", "workflow/profiles/demo", "--cores", "2", "-n"]
+    done = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = dict(line.split()[:2] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1].isdigit())
+    assert counts["total"] == "49" and counts["train"] == counts["extract"] == counts["evaluate"] == "12"
+    for rule in ("synthesize", "verify", "manifest", "aggregate", "tables", "claims", "figures_cmc",
+                 "figures_illustrations", "figures_training"):
+        assert counts[rule] in ("1", "2"), rule
+    shells = [line for line in done.stdout.splitlines() if "python -m agnet train " in line]
+    assert len(shells) == 12 and all("--threads 1 " in line for line in shells)
+    assert all("workflow/configs/demo.yaml" in line for line in shells)
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
@@ -74,8 +83,9 @@ def tiny_run(tiny_dag) -> tuple[Path, tuple[str, ...]]:
 
 
 @pytest.mark.slow
-def test_end_to_end_on_tiny_twins(tiny_run):
+def test_end_to_end_on_tiny_twins(tiny_run, tmp_path_factory):
     tmp_path, args = tiny_run
+    report_html = tmp_path_factory.mktemp("report") / "report.html"  # the shared run's folder is only read
     for name, fmt in (("tiny-veri", "veri"), ("tiny-vehicleid", "vehicleid")):
         report = json.loads((tmp_path / f"results/data/{name}/verify.json").read_text())
         assert report["valid"] and report["format"] == fmt
@@ -106,9 +116,9 @@ def test_end_to_end_on_tiny_twins(tiny_run):
     assert "Synthetic twins, not the real datasets" in (tmp_path / "results/claims.md").read_text()
     for figure in ("fig5_cmc_veri", "fig6_cmc_vehicleid", "fig7_tsne", "fig8_retrieval_veri", "training_curves"):
         assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 10_000
-    report = snakemake(tmp_path, *args, "--report", str(tmp_path / "report.html"))
+    report = snakemake(tmp_path, *args, "--report", str(report_html))
     assert report.returncode == 0, report.stderr[-2000:]
-    html = (tmp_path / "report.html").read_text(errors="replace")
+    html = report_html.read_text(errors="replace")
     assert "claims.md" in html and "fig5_cmc_veri.png" in html and "summary.csv" in html
     again = snakemake(tmp_path, "--cores", "2", *args, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone
@@ -151,12 +161,12 @@ _DS = ("tiny-veri", "tiny-vehicleid")
 _READERS = {
     **{f"synthesize:{d}": [f"verify:{d}", f"manifest:{d}"] for d in _DS},
     **{f"verify:{d}": [f"manifest:{d}"] for d in _DS},
-    **{f"manifest:{d}": [f"train:{d}", f"extract:{d}", f"evaluate:{d}", "figures"] for d in _DS},
-    "train:tiny-veri": ["extract:tiny-veri", "evaluate:tiny-veri", "figures"],  # model.pt, train_log.csv
+    **{f"manifest:{d}": [f"train:{d}", f"extract:{d}", f"evaluate:{d}", "figures_illustrations"] for d in _DS},
+    "train:tiny-veri": ["extract:tiny-veri", "evaluate:tiny-veri", "figures_training"],  # model.pt, train_log.csv
     "train:tiny-vehicleid": ["extract:tiny-vehicleid", "evaluate:tiny-vehicleid"],
-    **{f"extract:{d}": [f"evaluate:{d}", "figures"] for d in _DS},  # the illustrated run's features
+    **{f"extract:{d}": [f"evaluate:{d}", "figures_illustrations"] for d in _DS},  # the illustrated run's features
     **{f"evaluate:{d}": ["aggregate"] for d in _DS},
-    "aggregate": ["tables", "claims", "figures"],
+    "aggregate": ["tables", "claims", "figures_cmc"],
 }
 _RUN = "results/runs/tiny-veri/agnet_asl/seed0"
 _DELETIONS = {
@@ -217,12 +227,12 @@ def _dry_runs_after_deleting(workdir: Path, args, names: list[str], scratch: Pat
 @pytest.mark.slow
 def test_deleting_a_file_reruns_exactly_what_depends_on_it(tiny_run, tmp_path):
     workdir, args = tiny_run
-    # Two halves of the cases at once (a dry run is one busy core): the second on an exact copy of the finished
-    # working directory (modification times and Snakemake's records kept).
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy, symlinks=True)
+    # Two halves of the cases at once (a dry run is one busy core), each on an exact copy of the finished working
+    # directory (modification times and Snakemake's records kept): the shared run is read by other tests meanwhile.
     names = list(_DELETIONS)
-    halves = [(workdir, names[::2], tmp_path / "a"), (copy, names[1::2], tmp_path / "b")]
+    halves = [(tmp_path / f"copy-{h}", names[h::2], tmp_path / f"scratch-{h}") for h in (0, 1)]
+    for copy, _, _ in halves:
+        shutil.copytree(workdir, copy, symlinks=True)
     for _, _, scratch in halves:
         scratch.mkdir()
     with ThreadPoolExecutor(2) as pool:
@@ -241,7 +251,8 @@ def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     # 2 datasets x 3 variants x 3 seeds.
     # One evaluate job per trained run (all its descriptors x protocols): as many as training jobs.
     assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == "18"
-    assert counts["tables"] == counts["claims"] == counts["figures"] == "1"
+    assert counts["tables"] == counts["claims"] == "1"
+    assert counts["figures_cmc"] == counts["figures_illustrations"] == counts["figures_training"] == "1"
 
 
 def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):

@@ -6,6 +6,7 @@
 #                                             # slurmdbd, slurmctld, slurmd; prints how to run the DAG
 #   sudo tests/slurm/local-slurm.sh status    # sinfo + the recorded daemons
 #   sudo tests/slurm/local-slurm.sh stop      # stops exactly the daemons `start` recorded
+#   sudo tests/slurm/local-slurm.sh install   # only install the Debian packages (`start` does it too)
 #
 # Everything it writes lives under $LOCAL_SLURM_STATE (default /tmp/agnet-local-slurm), except
 # /etc/slurm/{slurm,slurmdbd,gres}.conf (SLURM's clients read those paths) and a munge key if the
@@ -222,6 +223,10 @@ stop_daemon() { # stop_daemon NAME: TERM the recorded PID (never by name), KILL 
 }
 
 case ${1:-} in
+    install)  # the packages only (CI installs them while it installs Python packages)
+        [[ $EUID -eq 0 ]] || die "run as root (it installs packages)"
+        install_packages
+        ;;
     start)
         [[ $EUID -eq 0 ]] || die "run as root (it installs packages and starts daemons)"
         if ! running slurmctld && timeout 5 scontrol ping 2>/dev/null | grep -q UP; then
@@ -255,5 +260,5 @@ TXT
         fi
         for d in slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon $d; done
         ;;
-    *) die "usage: $0 {start|status|stop}" ;;
+    *) die "usage: $0 {install|start|status|stop}" ;;
 esac

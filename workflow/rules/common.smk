@@ -162,15 +162,17 @@ AGGREGATE_OUTPUTS = [
     )
 ]
 
-# Figures of the report stage (file stems under results/figures/).
-FIGURES = [
-    "fig5_cmc_veri",
-    "fig6_cmc_vehicleid",
-    "fig7_tsne",
-    "fig8_retrieval_veri",
-    "fig8_retrieval_vehicleid",
-    "training_curves",
-]
+# Figures of the report stage (file stems under results/figures/), by the inputs each family is made
+# from: one job per family, each started as soon as its own inputs exist.
+FIGURE_FAMILIES = {
+    # the CMC table (after every evaluation)
+    "cmc": ["fig5_cmc_veri", "fig6_cmc_vehicleid"],
+    # the illustrated runs (config `figures`)
+    "illustrations": ["fig7_tsne", "fig8_retrieval_veri", "fig8_retrieval_vehicleid"],
+    # the VeRi dataset's training logs
+    "training": ["training_curves"],
+}
+FIGURES = [stem for stems in FIGURE_FAMILIES.values() for stem in stems]
 
 # Tables I-IV and the figures put VeRi-776 and VehicleID side by side: they are made when `run`
 # holds a dataset of each format (a run of one dataset ends at its metrics).
@@ -189,20 +191,27 @@ FIGURE_RUNS = {
 }
 
 
-def figure_inputs():
-    """Every file `agnet report figures` reads, by role."""
+def figure_files(family, ext):
+    """The files of one figure family, e.g. `figure_files("cmc", "png")`."""
+    return expand(
+        "results/figures/{figure}.{ext}", figure=FIGURE_FAMILIES[family], ext=ext
+    )
+
+
+def illustrated_inputs():
+    """Features and manifest of the run Fig. 7/8 show, per dataset format (none without a report)."""
     if not REPORT:
         return {}
     return {
-        "cmc": "results/metrics/cmc.parquet",
         "features": [f"{FIGURE_RUNS[ds]}/features.pt" for ds in FIRST.values()],
         "manifests": [f"results/data/{ds}/manifest.parquet" for ds in FIRST.values()],
-        "logs": figure_train_logs(),
     }
 
 
 def figure_train_logs():
     """The VeRi dataset's training logs (the training-curves figure), every variant and seed."""
+    if not REPORT:
+        return []
     return [
         f"results/runs/{FIRST['veri']}/{variant}/seed{seed}/train_log.csv"
         for variant in config["train_variants"]
@@ -210,20 +219,23 @@ def figure_train_logs():
     ]
 
 
-def figure_args(wildcards, input):
-    """The figure inputs as `agnet report figures` flags (nothing is found by the package itself)."""
-    illustrate = [
+def illustrate_args(wildcards, input):
+    """The illustrated runs as `agnet report figures` flags (nothing is found by the package itself)."""
+    return " ".join(
         f"--illustrate {shlex.quote(ds)} {shlex.quote(features)} {shlex.quote(manifest)}"
         for ds, features, manifest in zip(
             FIRST.values(), input.features, input.manifests
         )
-    ]
+    )
+
+
+def train_log_args(wildcards, input):
+    """The training logs as `agnet report figures` flags, each with its variant."""
     variants = [v for v in config["train_variants"] for _ in config["seeds"]]
-    logs = [
+    return " ".join(
         f"--train-log {shlex.quote(variant)} {shlex.quote(log)}"
         for variant, log in zip(variants, input.logs)
-    ]
-    return " ".join(illustrate + logs)
+    )
 
 
 def all_targets():

@@ -5,7 +5,9 @@
 localrules:
     tables,
     claims,
-    figures,
+    figures_cmc,
+    figures_illustrations,
+    figures_training,
 
 
 rule tables:
@@ -48,24 +50,69 @@ rule claims:
         " --markdown {output.md} --json {output.json} > {log} 2>&1"
 
 
-rule figures:
+rule figures_cmc:
     input:
-        **figure_inputs(),
+        cmc="results/metrics/cmc.parquet",
     output:
         png=report(
-            expand("results/figures/{figure}.png", figure=FIGURES),
+            figure_files("cmc", "png"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        pdf=expand("results/figures/{figure}.pdf", figure=FIGURES),
+        pdf=figure_files("cmc", "pdf"),
     log:
-        "results/logs/report/figures.log",
+        "results/logs/report/figures_cmc.log",
     conda:
         "../../environment.yml"
     params:
         configs=config_args,
-        inputs=figure_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures {params.configs} --cmc {input.cmc:q} {params.inputs}"
+        "python -m agnet report figures {params.configs} --cmc {input.cmc:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule figures_illustrations:
+    input:
+        **illustrated_inputs(),
+    output:
+        png=report(
+            figure_files("illustrations", "png"),
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
+        pdf=figure_files("illustrations", "pdf"),
+    log:
+        "results/logs/report/figures_illustrations.log",
+    conda:
+        "../../environment.yml"
+    params:
+        configs=config_args,
+        inputs=illustrate_args,
+        out_dir=lambda wc, output: str(Path(output.png[0]).parent),
+    shell:
+        "python -m agnet report figures {params.configs} {params.inputs}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule figures_training:
+    input:
+        logs=figure_train_logs(),
+    output:
+        png=report(
+            figure_files("training", "png"),
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
+        pdf=figure_files("training", "pdf"),
+    log:
+        "results/logs/report/figures_training.log",
+    conda:
+        "../../environment.yml"
+    params:
+        configs=config_args,
+        inputs=train_log_args,
+        out_dir=lambda wc, output: str(Path(output.png[0]).parent),
+    shell:
+        "python -m agnet report figures {params.configs} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
