@@ -54,9 +54,13 @@ def tiny_dag(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
     built, failed = shared / "tiny-dag.built", shared / "tiny-dag.failed"
     with FileLock(str(shared / "tiny-dag.lock")):
         if not built.exists() and not failed.exists():
-            workdir.mkdir()
-            (workdir / "tiny.yaml").write_text(TINY)
-            done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
+            try:
+                workdir.mkdir()
+                (workdir / "tiny.yaml").write_text(TINY)
+                done = snakemake(workdir, "--cores", "2", *args, timeout=1200)
+            except BaseException as error:  # a timeout or an interrupt: recorded for the other workers too
+                failed.write_text(f"building the tiny DAG raised {error!r}")
+                raise
             (built if done.returncode == 0 else failed).write_text(done.stderr[-3000:])
     assert built.exists(), f"the tiny DAG failed:\n{failed.read_text()}"
     return workdir, args
