@@ -42,13 +42,18 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 
+def _job_counts(stdout: str) -> dict[str, str]:
+    """The "Job stats" table of a dry run: rule -> number of jobs (and "total")."""
+    return dict(line.split()[:2] for line in stdout.splitlines() if line.split()[1:2] and line.split()[1].isdigit())
+
+
 def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
     """README's quick start (`snakemake --profile workflow/profiles/demo`, from the checkout): the demo config, every
     stage, and the small network's trainings and extractions on one thread each (two at once on 2 cores)."""
     command = [*SNAKEMAKE, "-d", str(tmp_path), "--profile", "workflow/profiles/demo", "--cores", "2", "-n"]
     done = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    counts = dict(line.split()[:2] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1].isdigit())
+    counts = _job_counts(done.stdout)
     assert counts["total"] == "49" and counts["train"] == counts["extract"] == counts["evaluate"] == "12"
     for rule in ("synthesize", "verify", "manifest", "aggregate", "tables", "claims", "figures_cmc",
                  "figures_illustrations", "figures_training"):
@@ -247,7 +252,7 @@ def test_deleting_a_file_reruns_exactly_what_depends_on_it(tiny_run, tmp_path):
 def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     done = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert done.returncode == 0, done.stderr[-2000:]
-    counts = dict(line.split()[:2] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1].isdigit())
+    counts = _job_counts(done.stdout)
     # 2 datasets x 3 variants x 3 seeds.
     # One evaluate job per trained run (all its descriptors x protocols): as many as training jobs.
     assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == "18"

@@ -2,11 +2,11 @@
 
 Writes, under ``out_dir`` as PDF and PNG, each family from its own inputs: ``fig5_cmc_veri`` and
 ``fig6_cmc_vehicleid`` (the CMC table); ``fig7_tsne`` (VeRi test descriptors), ``fig8_retrieval_veri`` and
-``fig8_retrieval_vehicleid`` (the illustrated runs); ``training_curves`` (VeRi's training logs). Every input is passed explicitly: the CMC table, per dataset the features
-and manifest to illustrate (which run that is, is the config's ``figures`` choice, resolved by
-:func:`agnet.config.figure_run` in the workflow), and the training logs per variant. Nothing is found
-by globbing or by parsing folder names. Illustrations use the All descriptor; every title says when
-the data is a synthetic twin.
+``fig8_retrieval_vehicleid`` (the illustrated runs); ``training_curves`` (VeRi's training logs). Every input
+is passed explicitly: the CMC table, per dataset the features and manifest to illustrate (which run that
+is, is the config's ``figures`` choice, resolved by :func:`agnet.config.figure_run` in the workflow), and
+the training logs per variant. Nothing is found by globbing or by parsing folder names. Illustrations use
+the All descriptor; every title says when the data is a synthetic twin.
 """
 
 from __future__ import annotations
