@@ -14,6 +14,8 @@ rule synthesize:
         locator="results/data/{ds}/dataset.json",
     log:
         "results/logs/{ds}/synthesize.log",
+    benchmark:
+        "results/benchmarks/{ds}/synthesize.tsv"
     wildcard_constraints:
         ds=one_of(SYNTHETIC),
     conda:
@@ -38,6 +40,8 @@ rule fetch:
         locator="results/data/{ds}/dataset.json",
     log:
         "results/logs/{ds}/fetch.log",
+    benchmark:
+        "results/benchmarks/{ds}/fetch.tsv"
     wildcard_constraints:
         ds=one_of(EXTERNAL),
     conda:
@@ -60,6 +64,8 @@ rule verify:
         report="results/data/{ds}/verify.json",
     log:
         "results/logs/{ds}/verify.log",
+    benchmark:
+        "results/benchmarks/{ds}/verify.tsv"
     conda:
         "../../environment.yml"
     threads: 2
@@ -81,6 +87,8 @@ rule manifest:
         manifest="results/data/{ds}/manifest.parquet",
     log:
         "results/logs/{ds}/manifest.log",
+    benchmark:
+        "results/benchmarks/{ds}/manifest.tsv"
     conda:
         "../../environment.yml"
     resources:

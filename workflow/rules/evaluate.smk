@@ -43,6 +43,8 @@ rule evaluate:
         metrics="results/runs/{ds}/{variant}/seed{seed}/metrics.json",
     log:
         "results/logs/{ds}/evaluate/{variant}-seed{seed}.log",
+    benchmark:
+        "results/benchmarks/{ds}/evaluate/{variant}-seed{seed}.tsv"
     wildcard_constraints:
         seed=r"\d+",
     conda:
@@ -78,6 +80,8 @@ rule aggregate:
         cmc="results/metrics/cmc.parquet",
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     conda:
         "../../environment.yml"
     resources:

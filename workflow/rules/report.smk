@@ -22,6 +22,8 @@ rule tables:
         ),
     log:
         "results/logs/report/tables.log",
+    benchmark:
+        "results/benchmarks/report/tables.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -41,6 +43,8 @@ rule claims:
         json="results/claims.json",
     log:
         "results/logs/report/claims.log",
+    benchmark:
+        "results/benchmarks/report/claims.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -62,6 +66,8 @@ rule figures_cmc:
         pdf=figure_files("cmc", "pdf"),
     log:
         "results/logs/report/figures_cmc.log",
+    benchmark:
+        "results/benchmarks/report/figures_cmc.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -84,6 +90,8 @@ rule figures_illustrations:
         pdf=figure_files("illustrations", "pdf"),
     log:
         "results/logs/report/figures_illustrations.log",
+    benchmark:
+        "results/benchmarks/report/figures_illustrations.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -107,6 +115,8 @@ rule figures_training:
         pdf=figure_files("training", "pdf"),
     log:
         "results/logs/report/figures_training.log",
+    benchmark:
+        "results/benchmarks/report/figures_training.tsv"
     conda:
         "../../environment.yml"
     params:

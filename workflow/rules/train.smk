@@ -12,6 +12,8 @@ rule fetch_weights:
         weights=directory("results/weights/{backbone}"),
     log:
         "results/logs/weights/{backbone}.log",
+    benchmark:
+        "results/benchmarks/weights/{backbone}.tsv"
     conda:
         "../../environment.yml"
     resources:
