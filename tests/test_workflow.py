@@ -288,3 +288,32 @@ def test_workstation_profile_plans_the_demo_with_a_gpu_limit(tmp_path):
     profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
     assert profile["resources"] == {"gpu": 1}  # the limit counts the rules' gpu=1: one GPU job at a time
     assert all("gpu=1" in b for b in done.stdout.split("\n\n") if "rule train:" in b or "rule extract:" in b)
+
+
+def test_rehearsal_plans_the_paper_protocol_at_release_size_with_every_job_benchmarked(tmp_path):
+    """workflow/configs/rehearsal.yaml (+ offline.yaml, as run here): both release-size twins, strict verification,
+    one truncated paper-network run each and every later stage; each job writes a Snakemake benchmark file (wall
+    time, peak memory) that benchmarks/bench_rehearsal.py --from-dag collects."""
+    configs = [str(REPO / "workflow/configs" / name) for name in ("rehearsal.yaml", "offline.yaml")]
+    done = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", *configs)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = _job_counts(done.stdout)
+    for rule in ("synthesize", "verify", "manifest", "train", "extract", "evaluate"):
+        assert counts[rule] == "2", rule
+    for rule in ("aggregate", "tables", "claims", "figures_cmc", "figures_illustrations", "figures_training"):
+        assert counts[rule] == "1", rule
+    parts = re.split(r"^(?:local)?rule (\w+):$", done.stdout, flags=re.MULTILINE)[1:]
+    jobs = [f"rule {rule}:{body}" for rule, body in zip(parts[::2], parts[1::2], strict=True) if rule != "all"]
+    assert len(jobs) == int(counts["total"]) - 1
+    benchmarks = [re.search(r"benchmark: (\S+)", b) for b in jobs]
+    assert all(benchmarks), [b.split("\n", 2)[:2] for b, m in zip(jobs, benchmarks, strict=True) if not m]
+    assert len({m.group(1) for m in benchmarks}) == len(jobs)  # one file per job, none shared
+    assert all(m.group(1).startswith("results/benchmarks/") for m in benchmarks)
+    def shells(rule: str) -> list[str]:
+        return [job for job in jobs if job.startswith(f"rule {rule}:")]
+
+    assert all("--release-scale 1.0 " in job for job in shells("synthesize"))  # the releases' exact counts
+    assert all("--strict" in job for job in shells("verify")) and len(shells("verify")) == 2
+    assert all("rehearsal.yaml" in job and "offline.yaml" in job for job in shells("train"))
+    settings = yaml.safe_load((REPO / "workflow/configs/rehearsal.yaml").read_text())
+    assert settings["training"]["max_steps"] > 0 and settings["datasets"]["veri-release"]["strict"] is True

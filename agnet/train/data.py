@@ -345,6 +345,9 @@ def flip_decision(seed: int, epoch: int, step: int, slot: int) -> bool:
     return bool(rng.random() < 0.5)
 
 
+_BUILD_CHUNK = 512  # images decoded per write of the decoded cache
+
+
 class DecodedCache:
     """Every image of a list decoded once to uint8 ``(N, H, W, 3)`` at ``input_size``, memory-mapped.
 
@@ -401,17 +404,28 @@ class DecodedCache:
         return array.shape == self.shape and array.dtype == np.uint8
 
     def _build(self, threads: int) -> None:
-        with atomic_path(self.path) as tmp:
-            self._fill(np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape), threads)
+        """Decode every image into the ``.npy`` file, ``_BUILD_CHUNK`` images at a time.
 
-    def _fill(self, array: np.ndarray, threads: int) -> None:
-        def decode(i: int) -> None:
-            array[i] = load_resized(self.paths[i], self.input_size)
+        The file is written with ordinary buffered writes from one chunk-sized buffer, not through a writable
+        memory map: a map would hold every written page in the process (measured at release size: 6.7 GB of
+        proportional set size for VehicleID's 6.25 GB cache), whereas written file pages belong to the kernel's
+        page cache, which reclaims them. The builder's own memory stays at one chunk (~77 MB at 224 x 224).
+        """
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": self.shape}
+        chunk = np.empty((min(_BUILD_CHUNK, max(1, self.count)), *self.input_size, 3), dtype=np.uint8)
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(decode, range(self.count), chunksize=64):
-                pass
-        array.flush()
+        def decode(slot_index: tuple[int, int]) -> None:
+            slot, index = slot_index
+            chunk[slot] = load_resized(self.paths[index], self.input_size)
+
+        with atomic_path(self.path) as tmp, tmp.open("wb") as out, ThreadPoolExecutor(max_workers=threads) as pool:
+            np.lib.format.write_array_header_1_0(out, header)
+            for start in range(0, self.count, chunk.shape[0]):
+                stop = min(start + chunk.shape[0], self.count)
+                for _ in pool.map(decode, enumerate(range(start, stop))):
+                    pass
+                chunk[: stop - start].tofile(out)
 
     @property
     def array(self) -> np.ndarray:

@@ -312,6 +312,20 @@ def test_decoded_cache(train, tmp_path):
         run(train, settings(), cache=other)
 
 
+def test_decoded_cache_is_built_in_chunks_without_mapping_it(train, tmp_path, monkeypatch):
+    """The cache is written a few images at a time (never as one writable map that would hold every decoded image
+    in the process): across chunk boundaries and a short last chunk, it holds exactly ``np.save`` of the images."""
+    from agnet.train import data
+
+    monkeypatch.setattr(data, "_BUILD_CHUNK", 3)
+    monkeypatch.setattr(np.lib.format, "open_memmap", None)  # a writable map is not how the cache is built
+    paths = train.paths.tolist()[:8]
+    cache = DecodedCache(paths, SIZE, tmp_path / "cache", threads=2)
+    expected = tmp_path / "expected.npy"
+    np.save(expected, np.stack([data.load_resized(p, SIZE) for p in paths]))
+    assert cache.path.read_bytes() == expected.read_bytes()
+
+
 def test_one_loader_spans_epochs(train):
     """One iterator (one set of workers) serves every remaining epoch, each batch tagged with its epoch."""
     cfg = settings(workers=2)
