@@ -55,10 +55,45 @@ def test_descriptors_of_every_evaluation_image(trained):
     raw = torch.load(out, weights_only=True)
     assert raw["All"].dtype == torch.float16 and raw["All_norm"].dtype == torch.float32  # compact on disk
     assert features["All"].dtype == torch.float32
-    torch.testing.assert_close(features["All"][:, 16:], 0.75 * features["ID"], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(features["All"][:, 16:], 0.75 * features["ID"].float(), atol=2e-3, rtol=2e-3)
+    # Rows are scaled back on demand, exactly as the whole matrix would be (no 7 GB float32 copy at VehicleID size).
+    rows = torch.tensor([n - 1, 0, 2])
+    assert torch.equal(features["All"][rows], (raw["All"].float() * raw["All_norm"])[rows])
+    assert torch.equal(features["All"].float(), raw["All"].float() * raw["All_norm"])
     assert provenance["variant"] == "agnet_asl" and provenance["alpha"] == 0.25 and len(provenance["model_sha256"]) == 64
     assert len(provenance["manifest_sha256"]) == 64 and provenance["dataset"] == "veri"  # default label: the format
     assert provenance["precision"] == "torch.float32" and provenance["channels_last"] is False  # on a CPU
+
+
+def test_batches_fill_the_stored_rows_in_manifest_order(trained, tmp_path):
+    """Descriptors are written batch by batch into the stored matrices: small batches (a short last one included)
+    give the rows one batch of everything gives."""
+    whole, small = tmp_path / "whole.pt", tmp_path / "small.pt"
+    extract(trained / "run" / "model.pt", trained / "m.parquet", whole, alpha=0.5, workers=0, progress=False)
+    extract(trained / "run" / "model.pt", trained / "m.parquet", small, alpha=0.5, batch_size=3, workers=0,
+            progress=False)
+    a, b = load_features(whole), load_features(small)
+    assert a["paths"] == b["paths"] and len(a["paths"]) % 3 != 0
+    for name in ("Attr", "ID", "All"):
+        torch.testing.assert_close(a[name].float(), b[name].float(), atol=2e-3, rtol=2e-3)
+
+
+def test_a_diverged_model_is_refused_at_its_first_batch_and_nothing_is_written(trained, tmp_path, monkeypatch):
+    """Non-finite descriptors stop extraction with one clear error at the first batch that shows them, not after
+    every image was read; no features file is left behind."""
+    state = torch.load(trained / "run" / "model.pt", weights_only=True)
+    state["model"]["attr_embedding.linear.weight"][0, 0] = float("inf")
+    torch.save(state, tmp_path / "diverged.pt")
+    import agnet.extract as module
+
+    batches = []
+    real = module.descriptors
+    monkeypatch.setattr(module, "descriptors", lambda *a: batches.append(1) or real(*a))
+    out = tmp_path / "features.pt"
+    with pytest.raises(AgnetError, match=r"diverged.pt: the Attr descriptor has non-finite values"):
+        extract(tmp_path / "diverged.pt", trained / "m.parquet", out, alpha=0.5, batch_size=2, workers=0,
+                progress=False)
+    assert batches == [1] and not out.exists() and not list(tmp_path.glob(".features.pt.*"))
 
 
 def test_held_out_vehicles_are_extracted_training_images_are_not(trained, tmp_path):
