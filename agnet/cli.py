@@ -268,7 +268,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     provenance = extract(args.model, args.manifest, args.out, evaluation["alpha"],
                          batch_size=evaluation["batch_size"], workers=evaluation["workers"], device=args.device,
                          dataset=args.dataset, amp=training.get("amp"), channels_last=training.get("channels_last"),
-                         progress=not args.no_progress)
+                         protocols=args.protocol, progress=not args.no_progress)
     log.info("wrote %s (%s, %s seed %s, %s)", args.out, provenance["dataset"], provenance["variant"],
              provenance["seed"], provenance["device"])
     return 0
@@ -472,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dataset", help="dataset label recorded with the features (default: the manifest's format)")
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     extract.add_argument("--threads", type=_positive)
+    extract.add_argument("--protocol", action="append",
+                         help="only the images this protocol reads (repeatable; VehicleID: vehicleid-<N> keeps the "
+                              "images of test_list_<N>; default: every evaluation image)")
     extract.add_argument("--no-progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 

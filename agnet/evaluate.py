@@ -52,7 +52,9 @@ def _features_for(features: dict[str, Any], descriptor: str, paths: pd.Series) -
     index = {path: i for i, path in enumerate(features["paths"])}
     missing = [p for p in paths if p not in index]
     if missing:
-        raise AgnetError(f"features lack {len(missing)} image(s) of the protocol, e.g. {missing[0]}")
+        covered = (features.get("provenance") or {}).get("protocols", "all")
+        hint = "" if covered == "all" else f" (extracted for {', '.join(covered)} only; rerun `agnet extract` with it)"
+        raise AgnetError(f"features lack {len(missing)} image(s) of the protocol, e.g. {missing[0]}{hint}")
     if descriptor not in features:
         raise AgnetError(f"unknown descriptor {descriptor!r} (features hold Attr, ID, All)")
     return features[descriptor][torch.as_tensor([index[p] for p in paths])].float()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,25 @@ def check_model_fits(record: dict[str, Any], frame, meta: dict, model_path: Path
                          + "; ".join(problems) + "); pass the manifest the model was trained on")
 
 
-def evaluation_paths(frame) -> list[str]:
+def evaluation_paths(frame, protocols: Sequence[str] | None = None) -> list[str]:
     """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
-    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on)."""
-    return list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
+    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on).
+
+    ``protocols`` (VehicleID: ``vehicleid-<N>``) keeps only the images of those test lists, as a VehicleID
+    evaluation reads only its lists: the paper's 800-3,200 lists hold 19,777 of the 108,221 test images of
+    the release. ``None`` (or VeRi's protocols, which use every evaluation image) keeps them all."""
+    keep = frame["split"] != "train"
+    sizes = [p.removeprefix("vehicleid-") for p in protocols or () if p.startswith("vehicleid-")]
+    if sizes:
+        columns = []
+        for size in sizes:
+            column = f"in_test_{size}"
+            if not size.isdigit() or column not in frame:
+                lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+                raise AgnetError(f"protocol vehicleid-{size}: no such test list in the manifest (lists: {lists})")
+            columns.append(column)
+        keep &= frame[columns].fillna(False).astype(bool).any(axis=1)
+    return list(dict.fromkeys(frame.loc[keep, "path"]))
 
 
 class _Images(torch.utils.data.Dataset):
@@ -131,11 +147,12 @@ def save_features(out_path: str | Path, stored: dict[str, Any]) -> None:
 def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | Path, alpha: float, *,
             batch_size: int = 128, workers: int = 2, device: str | None = None,
             dataset: str | None = None, amp: str | None = None, channels_last: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            protocols: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Write ``features.pt`` for the evaluation images of ``manifest_path``; returns the provenance.
 
     ``dataset`` labels the features (default: the manifest's format); ``amp``/``channels_last`` default
-    to the settings the model was trained with."""
+    to the settings the model was trained with; ``protocols`` limits VehicleID to the images of those test
+    lists (:func:`evaluation_paths`; recorded in the provenance)."""
     if not 0.0 <= alpha <= 1.0:
         raise AgnetError(f"feature alpha must be in [0, 1], got {alpha}")
     model_path, manifest_path = Path(model_path), Path(manifest_path)
@@ -143,7 +160,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     model, settings, record = load_trained(model_path)
     frame, meta = read_manifest(manifest_path)
     check_model_fits(record, frame, meta, model_path, manifest_path)
-    relative = evaluation_paths(frame)
+    relative = evaluation_paths(frame, protocols)
     if not relative:
         raise AgnetError(f"{manifest_path}: no evaluation images")
     root = Path(meta["root"])
@@ -184,7 +201,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         "alpha": alpha, "input_size": list(settings.input_size), "device": str(device),
         "precision": str(amp_dtype or torch.float32), "channels_last": use_channels_last,
         "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
-        "python": platform.python_version(),
+        "python": platform.python_version(), "protocols": sorted(protocols) if protocols else "all",
     }
     if done != len(relative):
         raise AgnetError(f"{manifest_path}: the loader gave {done} of {len(relative)} evaluation images")

@@ -13,7 +13,7 @@ from agnet.config import load_config
 from agnet.data.manifest import make_manifest, read_manifest
 from agnet.data.synth.veri import synth_veri
 from agnet.errors import AgnetError
-from agnet.extract import extract, load_features, load_trained
+from agnet.extract import evaluation_paths, extract, load_features, load_trained
 from agnet.train.loop import train
 from agnet.train.settings import resolve_settings
 from tests.conftest import REPO
@@ -162,3 +162,17 @@ def test_extraction_follows_the_precision_settings(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert device_module.precision("on", "on", torch.device("cuda")) == (torch.bfloat16, True)
     assert device_module.precision("off", "off", torch.device("cuda")) == (None, False)
+
+
+def test_vehicleid_protocols_limit_extraction_to_their_test_lists(tmp_path):
+    """A VehicleID evaluation reads only its test lists: `--protocol vehicleid-<N>` extracts exactly those images
+    (the paper's lists hold 19,777 of the release's 108,221 test images); no protocol, or VeRi's, keeps all."""
+    make_manifest("vehicleid", REPO / "tests/fixtures/vehicleid", tmp_path / "v.parquet")
+    frame, _ = read_manifest(tmp_path / "v.parquet")
+    test = frame[frame["split"] == "test"]
+    assert evaluation_paths(frame) == list(test["path"])
+    assert evaluation_paths(frame, ["vehicleid-2"]) == list(test.loc[test["in_test_2"].astype(bool), "path"])
+    assert len(evaluation_paths(frame, ["vehicleid-2"])) < len(evaluation_paths(frame, ["vehicleid-2", "vehicleid-4"]))
+    assert evaluation_paths(frame, ["vehicleid-2", "vehicleid-4"]) == list(test["path"])  # the lists are nested
+    with pytest.raises(AgnetError, match=r"protocol vehicleid-800: no such test list in the manifest \(lists: \[2, 4\]\)"):
+        evaluation_paths(frame, ["vehicleid-800"])

@@ -124,11 +124,16 @@ def protocols(ds):
     return [f"vehicleid-{size}" for size in sizes]
 
 
+def protocol_flags(wildcards):
+    """`--protocol` flags of a dataset's protocols: what its evaluate job scores and its extract job covers."""
+    return " ".join(f"--protocol {p}" for p in protocols(wildcards.ds))
+
+
 def evaluate_flags(wildcards):
     """Every descriptor x protocol of the run, stated explicitly (one evaluate job per trained run)."""
     return " ".join(
         [f"--descriptor {d}" for d in config["evaluation"]["descriptors"]]
-        + [f"--protocol {p}" for p in protocols(wildcards.ds)]
+        + [protocol_flags(wildcards)]
     )
 
 
