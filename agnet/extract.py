@@ -103,7 +103,7 @@ def evaluation_paths(frame, protocols: Sequence[str] | None = None) -> list[str]
     held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on).
 
     ``protocols`` (VehicleID: ``vehicleid-<N>``) keeps only the images of those test lists, as a VehicleID
-    evaluation reads only its lists: the paper's 800-3,200 lists hold 19,777 of the 108,221 test images of
+    evaluation reads only its lists: the configured 800-3,200 lists hold 26,350 of the 108,221 test images of
     the release. ``None`` (or VeRi's protocols, which use every evaluation image) keeps them all."""
     keep = frame["split"] != "train"
     sizes = [p.removeprefix("vehicleid-") for p in protocols or () if p.startswith("vehicleid-")]

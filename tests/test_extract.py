@@ -166,7 +166,7 @@ def test_extraction_follows_the_precision_settings(monkeypatch):
 
 def test_vehicleid_protocols_limit_extraction_to_their_test_lists(tmp_path):
     """A VehicleID evaluation reads only its test lists: `--protocol vehicleid-<N>` extracts exactly those images
-    (the paper's lists hold 19,777 of the release's 108,221 test images); no protocol, or VeRi's, keeps all."""
+    (800-3,200: 26,350 of the release's 108,221 test images); no protocol, or VeRi's, keeps all."""
     make_manifest("vehicleid", REPO / "tests/fixtures/vehicleid", tmp_path / "v.parquet")
     frame, _ = read_manifest(tmp_path / "v.parquet")
     test = frame[frame["split"] == "test"]
