@@ -98,6 +98,11 @@ def check_model_fits(record: dict[str, Any], frame, meta: dict, model_path: Path
                          + "; ".join(problems) + "); pass the manifest the model was trained on")
 
 
+def _list_protocols(protocols: Sequence[str] | None) -> list[str]:
+    """The VehicleID test-list protocols among ``protocols`` (the only ones that limit the extracted images)."""
+    return sorted({p for p in protocols or () if p.startswith("vehicleid-")})
+
+
 def evaluation_paths(frame, protocols: Sequence[str] | None = None) -> list[str]:
     """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
     held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on).
@@ -106,7 +111,7 @@ def evaluation_paths(frame, protocols: Sequence[str] | None = None) -> list[str]
     evaluation reads only its lists: the configured 800-3,200 lists hold 26,350 of the 108,221 test images of
     the release. ``None`` (or VeRi's protocols, which use every evaluation image) keeps them all."""
     keep = frame["split"] != "train"
-    sizes = [p.removeprefix("vehicleid-") for p in protocols or () if p.startswith("vehicleid-")]
+    sizes = [p.removeprefix("vehicleid-") for p in _list_protocols(protocols)]
     if sizes:
         columns = []
         for size in sizes:
@@ -172,7 +177,8 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     loader = torch.utils.data.DataLoader(_Images([str(root / p) for p in relative], settings.input_size),
                                          batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     # Stored as they come, batch by batch, in their on-disk form (float16 unit vectors, float32 norms): memory is
-    # the file's size (VehicleID's 108,221 test images: 3.5 GB), not the float32 descriptors' (7 GB, then a copy).
+    # the file's size (32 kB per image: 3.5 GB for all 108,221 VehicleID test images), not the float32
+    # descriptors' (twice that, then a copy).
     stored: dict[str, Any] = {"paths": relative}
     done = 0
     for images in tqdm(loader, desc="extract", disable=not progress, mininterval=5.0):
@@ -201,7 +207,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         "alpha": alpha, "input_size": list(settings.input_size), "device": str(device),
         "precision": str(amp_dtype or torch.float32), "channels_last": use_channels_last,
         "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
-        "python": platform.python_version(), "protocols": sorted(protocols) if protocols else "all",
+        "python": platform.python_version(), "protocols": _list_protocols(protocols) or "all",
     }
     if done != len(relative):
         raise AgnetError(f"{manifest_path}: the loader gave {done} of {len(relative)} evaluation images")
@@ -211,7 +217,8 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
 
 
 def load_features(path: str | Path) -> dict[str, Any]:
-    """Read a ``features.pt`` written by :func:`extract`; descriptors come back as float32 (N, dim).
+    """Read a ``features.pt`` written by :func:`extract`; each descriptor comes back as a :class:`Descriptor`
+    ((N, dim); indexing it gives float32 rows, ``.float()`` the whole matrix).
 
     The structure is checked: every descriptor has one row per path, paths are unique, the provenance is
     present. Anything else is an :class:`AgnetError` naming the file."""
@@ -269,8 +276,7 @@ class Descriptor:
         values = self.unit[key].float()
         if self.norm is None:
             return values
-        rows = key[0] if isinstance(key, tuple) else key
-        return values * self.norm[rows]
+        return values * self.norm.expand(self.unit.shape)[key]  # the same key on the norms: shapes always agree
 
     def float(self) -> torch.Tensor:
         return self[:]

@@ -3,8 +3,9 @@
 Runs (``--run``) or only reads (``--collect``) the rehearsal DAG in a work folder:
 ``snakemake --configfile workflow/configs/rehearsal.yaml [workflow/configs/offline.yaml]``, i.e. both
 release-size twins (exact VeRi-776 and VehicleID counts), strict verification, manifests, one ResNet-50
-224 x 224 run per dataset cut to ``training.max_steps`` steps, extraction of every evaluation image, every
-protocol (VeRi with STR, VehicleID 800-3,200 x 10 trials), aggregation, tables, figures.
+224 x 224 run per dataset cut to ``training.max_steps`` steps, extraction of every image the protocols read
+(VeRi: every evaluation image; VehicleID: the configured test lists), every protocol (VeRi with STR, VehicleID
+800-3,200 x 10 trials), aggregation, tables, figures.
 
 Every rule writes a Snakemake ``benchmark:`` file (``results/benchmarks/...tsv``): wall seconds, CPU seconds,
 and the memory of the job's process tree, from which this script reports ``max_pss`` (proportional set size:
@@ -128,7 +129,7 @@ def collect(work: Path) -> list[dict]:
                                 f"{run['decoded_cache_used']}, data wait {final['data_wait_share']:.1%}")
         elif rule == "extract":
             images = _extracted_images(work / "results" / "logs" / ds / "extract" / f"{path.stem}.log")
-            if images:
+            if images and record["seconds"] > 0:
                 record["images"] = images
                 record["detail"] = f"{images:,} images, {images / record['seconds']:.1f} images/s end to end"
         records.append(record)

@@ -176,3 +176,20 @@ def test_vehicleid_protocols_limit_extraction_to_their_test_lists(tmp_path):
     assert evaluation_paths(frame, ["vehicleid-2", "vehicleid-4"]) == list(test["path"])  # the lists are nested
     with pytest.raises(AgnetError, match=r"protocol vehicleid-800: no such test list in the manifest \(lists: \[2, 4\]\)"):
         evaluation_paths(frame, ["vehicleid-800"])
+
+
+def test_descriptor_rows_equal_the_scaled_matrix_for_every_index_form():
+    """A loaded descriptor scales only the cells asked for, and any index gives what the same index of the whole
+    float32 matrix gives (rows, masks, a column, a column range, tensors for both axes)."""
+    from agnet.extract import Descriptor
+
+    gen = torch.Generator().manual_seed(0)
+    unit = torch.randn(5, 4, generator=gen).to(torch.float16)
+    norm = torch.rand(5, 1, generator=gen) + 0.5
+    d, full = Descriptor(unit, norm), unit.float() * norm
+    idx, cols = torch.tensor([3, 0]), torch.tensor([1, 2])
+    keys = [3, slice(None), [4, 1], idx, full[:, 0] > 0, (slice(None), 0), (Ellipsis, 0), (idx, 1), (idx, cols),
+            (3, slice(1, 3)), (slice(None), slice(2, None))]
+    for key in keys:
+        assert torch.equal(d[key], full[key]), key
+    assert d.shape == (5, 4) and len(d) == 5 and torch.equal(d.float(), full)

@@ -315,6 +315,8 @@ def test_rehearsal_plans_the_paper_protocol_at_release_size_with_every_job_bench
     assert all("--release-scale 1.0 " in job for job in shells("synthesize"))  # the releases' exact counts
     assert all("--strict" in job for job in shells("verify")) and len(shells("verify")) == 2
     assert all("rehearsal.yaml" in job and "offline.yaml" in job for job in shells("train"))
-    assert [("--protocol vehicleid-" in job) for job in shells("extract")].count(True) == 1  # its lists only
+    # VehicleID's extraction covers its test lists only; VeRi's reads every evaluation image (no flag)
+    assert [("--protocol vehicleid-" in job) for job in shells("extract")].count(True) == 1
+    assert [("--protocol" in job) for job in shells("extract")].count(True) == 1
     settings = yaml.safe_load((REPO / "workflow/configs/rehearsal.yaml").read_text())
     assert settings["training"]["max_steps"] > 0 and settings["datasets"]["veri-release"]["strict"] is True

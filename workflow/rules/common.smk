@@ -124,16 +124,18 @@ def protocols(ds):
     return [f"vehicleid-{size}" for size in sizes]
 
 
-def protocol_flags(wildcards):
-    """`--protocol` flags of a dataset's protocols: what its evaluate job scores and its extract job covers."""
-    return " ".join(f"--protocol {p}" for p in protocols(wildcards.ds))
+def extract_flags(wildcards):
+    """`--protocol` flags of a dataset's VehicleID test lists: the images its extract job covers (VeRi's
+    protocols read every evaluation image, so STR on or off does not re-extract)."""
+    lists = [p for p in protocols(wildcards.ds) if p.startswith("vehicleid-")]
+    return " ".join(f"--protocol {p}" for p in lists)
 
 
 def evaluate_flags(wildcards):
     """Every descriptor x protocol of the run, stated explicitly (one evaluate job per trained run)."""
     return " ".join(
         [f"--descriptor {d}" for d in config["evaluation"]["descriptors"]]
-        + [protocol_flags(wildcards)]
+        + [f"--protocol {p}" for p in protocols(wildcards.ds)]
     )
 
 

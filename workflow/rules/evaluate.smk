@@ -28,7 +28,7 @@ rule extract:
         gpu=1,
     params:
         configs=config_args,
-        protocols=protocol_flags,
+        protocols=extract_flags,
     shell:
         "python -m agnet extract {params.configs} --model {input.model:q} --manifest {input.manifest:q}"
         " --out {output.features:q} --dataset {wildcards.ds:q} {params.protocols} --threads {threads} --no-progress"
