@@ -27,7 +27,7 @@ Per query row of a chunk (its same-id gallery entries come from the id index of 
    ``_BLOCK`` entries at once (vectorised) and visits the candidates of the blocks that hold one; any other row
    takes two branch-light passes — the key of every entry (its bucket, or one of ``_SPREAD`` spare counters for the
    far ones so they do not queue on one counter; vectorised), then the count per key, listing without a branch the
-   entries of buckets that hold matches (a few percent of them; up to 6 % on random features). A listed entry of a
+   entries of buckets that hold matches (a few percent of them; about 6 % on random features). A listed entry of a
    bucket of one match moves one index up when above it (a comparison added to ``hist``, no branch); those of
    buckets of several matches (rare) are placed as above;
 4. the same-id entries (true matches and junk) are taken back out by the same rule, leaving ``N_j`` = non-junk
@@ -123,7 +123,8 @@ def match_ranks(d, q_ids, q_cams, has_cams, uniq, counts, starts, order, g_cams,
     first = np.full(nt, np.inf, d.dtype)  # the match of a bucket holding exactly one, else +inf
     multi = np.zeros(nt, np.bool_)  # the bucket holds two or more matches
     listed = np.empty(g, np.int32)  # entries of buckets holding matches
-    reach = np.empty(m + 1, np.int64)  # reach[i]: entries of the buckets up to the last one of tab = i
+    reach = np.empty(m + 1, np.int64)  # reach[i]: entries of the buckets up to the last one of tab = i (0 where
+    # no bucket has tab = i: several matches share a bucket; the final loop's running maximum fills those in)
     consts = np.zeros(4, d.dtype)  # lo, scale, top, 0 in the distances' own float type
     for r in range(first_row, b, row_step):
         k = offsets[r + 1] - offsets[r]

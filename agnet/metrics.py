@@ -31,8 +31,9 @@ entries ``<= p``. Whatever the ranking, each distance is read a small, fixed num
 1. CPU, compiled (numba, the default when it imports; :mod:`agnet._rank_kernel`): per query row, the true matches
    are gathered through an id index built once (no Q×G id comparison) and sorted, and every gallery entry is
    placed among them exactly — ``idx = #{j : p_j < x}`` — by a monotone bucket table over the matches' range: only
-   an entry whose bucket holds a match is compared with it. A running sum of the histogram of ``idx`` gives
-   ``C(p_j)`` for all j; the same-id entries are taken out the same way. Rows with few candidates (entries ``<=`` the
+   an entry whose bucket holds a match is compared with it (by one comparison when the bucket holds one match). The
+   entries of ``idx <= j`` are those of a prefix of the buckets (a running sum over the buckets) plus the moves of
+   the compared entries; that gives ``C(p_j)`` for all j; the same-id entries are taken out the same way. Rows with few candidates (entries ``<=`` the
    largest match) test blocks of entries at once and visit the candidates only; the others take two branch-light
    passes (the entries' buckets, vectorised; then their counts). Interleaved groups of rows go to
    ``torch.get_num_threads()`` Python threads on demand (the kernel releases the GIL; plain threads, not numba's
