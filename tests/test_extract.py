@@ -193,3 +193,23 @@ def test_descriptor_rows_equal_the_scaled_matrix_for_every_index_form():
     for key in keys:
         assert torch.equal(d[key], full[key]), key
     assert d.shape == (5, 4) and len(d) == 5 and torch.equal(d.float(), full)
+
+
+def test_evaluating_a_list_the_features_were_not_extracted_for_names_the_lists_they_cover():
+    """Features extracted for some VehicleID lists only are refused for another list, and the error says which lists
+    they hold and how to get the missing images (never a silent partial evaluation)."""
+    import pandas as pd
+
+    from agnet.evaluate import _features_for
+    from agnet.extract import Descriptor
+
+    unit = torch.ones(2, 4, dtype=torch.float16)
+    features = {"paths": ["a.jpg", "b.jpg"], "ID": Descriptor(unit, torch.ones(2, 1)),
+                "provenance": {"protocols": ["vehicleid-2"]}}
+    assert _features_for(features, "ID", pd.Series(["b.jpg"])).shape == (1, 4)
+    with pytest.raises(AgnetError, match=r"lack 1 image\(s\) of the protocol, e.g. c.jpg \(extracted for "
+                                         r"vehicleid-2 only; rerun `agnet extract` with it\)"):
+        _features_for(features, "ID", pd.Series(["a.jpg", "c.jpg"]))
+    features["provenance"]["protocols"] = "all"
+    with pytest.raises(AgnetError, match=r"e.g. c.jpg$"):
+        _features_for(features, "ID", pd.Series(["c.jpg"]))
