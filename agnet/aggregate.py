@@ -5,9 +5,12 @@ variant, seed and the sha256 of the features, model and manifest they came from)
 per descriptor × protocol). Nothing is read from folder names.
 
 ``runs.csv``/``runs.parquet``: one row per (dataset, variant, seed, descriptor, protocol) with mAP,
-Rank-1/5/10, mINP, counts, distance, (VehicleID) the trial std, (VeRi+STR) λ, and the hashes of the
-features and model. ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std (ddof 1; 0 for
-a single seed) and the number of seeds. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
+Rank-1/5/10, mINP, counts, distance, (VehicleID) the number of trials and the trial std, (All) α, (VeRi+STR) λ,
+and the hashes of the features and model. ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std
+(ddof 1; 0 for a single seed), the number of seeds, and the trials and α the rows were computed with.
+
+The runs of one dataset must have been evaluated with the same settings (the ``evaluation`` section each metrics
+file records): a stale file next to fresh ones is refused, naming both, instead of being averaged with them. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
 seed, descriptor, protocol, rank, cmc).
 """
 
@@ -19,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.fileio import atomic_path
 
 KEYS = ["dataset", "variant", "seed", "descriptor", "protocol"]
 VALUES = ["mAP", "rank1", "rank5", "rank10", "mINP", "official_mAP"]
@@ -48,9 +51,8 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def metrics_rows(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(tidy rows, CMC rows) of one metrics file."""
-    data = read_metrics(path)
+def metrics_rows(data: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(tidy rows, CMC rows) of one metrics file's content (:func:`read_metrics`)."""
     provenance = data["provenance"]
     rows, cmc = [], []
     for record in data["records"]:
@@ -62,6 +64,10 @@ def metrics_rows(path: str | Path) -> tuple[list[dict], list[dict]]:
             row[key] = record.get(key)
             if f"{key}_std" in record:
                 row[f"{key}_trial_std"] = record[f"{key}_std"]
+        if "trials" in record:
+            row["trials"] = len(record["trials"])
+        if record["descriptor"] == "All" and "alpha" in (data.get("evaluation") or {}):
+            row["alpha"] = data["evaluation"]["alpha"]
         if "str" in record:
             row["str_lambda"] = record["str"]["lambda"]
         row["features_sha256"] = provenance.get("features_sha256")
@@ -72,14 +78,32 @@ def metrics_rows(path: str | Path) -> tuple[list[dict], list[dict]]:
     return rows, cmc
 
 
+def _difference(ours: Any, theirs: Any, where: str = "") -> str:
+    """The first setting two evaluation records disagree on, as ``key: a vs b``."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                return _difference(ours.get(key), theirs.get(key), f"{where}.{key}" if where else key)
+    return f"{where or 'evaluation'}: {ours!r} vs {theirs!r}"
+
+
 def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     """Write runs.{csv,parquet}, summary.{csv,parquet} and cmc.parquet to ``out_dir``; returns the summary."""
     if not paths:
         raise AgnetError("no metrics files to aggregate")
     rows: list[dict] = []
     cmc_rows: list[dict] = []
+    settings_of: dict[str, tuple[str, str]] = {}  # dataset -> (its evaluation settings as text, first file)
     for path in paths:
-        some, curves = metrics_rows(path)
+        data = read_metrics(path)
+        dataset = str(data["provenance"]["dataset"])
+        settings = json.dumps(data.get("evaluation"), sort_keys=True)
+        first = settings_of.setdefault(dataset, (settings, str(path)))
+        if first[0] != settings:
+            raise AgnetError(f"{path} and {first[1]} were evaluated with different settings for dataset {dataset!r} "
+                             f"({_difference(data.get('evaluation'), json.loads(first[0]))}): one of them is stale; "
+                             "rerun the evaluation (snakemake reruns exactly the stale ones)")
+        some, curves = metrics_rows(data)
         rows += some
         cmc_rows += curves
     runs = pd.DataFrame(rows).sort_values(KEYS).reset_index(drop=True)
@@ -96,6 +120,9 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
     summary = summary.fillna({c: 0.0 for c in summary.columns if c.endswith("_std")})
     summary["seeds"] = grouped.size()
+    for setting in ("trials", "alpha"):  # equal within a group (the settings check above)
+        if setting in runs:
+            summary[setting] = grouped[setting].first()
     summary = summary.reset_index()
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "cmc.parquet") as tmp:

@@ -208,20 +208,75 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from agnet.config import load_config
+    from agnet.settings import load_plan
 
-    load_config(*args.config)
+    plan = load_plan(*args.config)
+    stages = {}
+    for key in plan.documents:
+        stages.setdefault(key.split("/")[0], []).append(key.split("/", 1)[1])
     print(f"{' + '.join(map(str, args.config))}: valid")
+    print("settings documents (agnet config settings CONFIG --key STAGE/NAME): " + "; ".join(
+        f"{stage}: {', '.join(names)}" for stage, names in stages.items()))
     return 0
 
 
+def _cmd_config_settings(args: argparse.Namespace) -> int:
+    from agnet.fileio import write_text
+    from agnet.settings import document_text, load_plan
+
+    plan = load_plan(*args.config)
+    if args.key is None:
+        for key in plan.documents:
+            print(key)
+        return 0
+    text = document_text(plan.document(args.key))
+    if args.output:
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _operational(args: argparse.Namespace, section: str, plan) -> dict:
+    """The operational settings of a job: the config's (or the defaults, with --settings), then the flags given."""
+    from agnet.settings import OPERATIONAL, OPERATIONAL_DEFAULTS
+
+    values = dict(plan.operational(section) if plan is not None else OPERATIONAL_DEFAULTS[section])
+    for key in OPERATIONAL[section]:
+        given = getattr(args, key, None)
+        if given is not None:
+            values[key] = given
+    if section == "training" and isinstance(values["decoded_cache"], str) and values["decoded_cache"] != "auto":
+        values["decoded_cache"] = values["decoded_cache"] == "true"
+    return values
+
+
+def _document(args: argparse.Namespace, stage: str, conflicts: dict[str, object]):
+    """(settings document or None, plan or None): ``--settings FILE`` or ``--config`` files, exactly one of them;
+    ``conflicts`` are flags that choose settings and so cannot be combined with a settings document."""
+    from agnet.settings import load_plan, read_document
+
+    if args.settings is not None:
+        given = [flag for flag, value in conflicts.items() if value]
+        if given:
+            raise AgnetError(f"{', '.join(given)} cannot be combined with --settings: the document fixes them")
+        return read_document(args.settings, stage), None
+    return None, load_plan(*args.config)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from agnet.config import load_config
+    from agnet.settings import train_settings, training_document
     from agnet.train.loop import TrainingInterrupted, train
-    from agnet.train.settings import resolve_settings
 
     check_device(args.device)
-    settings = resolve_settings(load_config(*args.config), args.variant)
+    document, plan = _document(args, "train", {})
+    if document is None:
+        if args.variant is None:
+            raise AgnetError("--variant is required with --config")
+        document = training_document(plan.config, args.variant)
+    elif args.variant is not None and args.variant != document["variant"]:
+        raise AgnetError(f"{args.settings}: the settings of variant {document['variant']!r}, not {args.variant!r}")
+    settings = train_settings(document, _operational(args, "training", plan))
     if args.threads:
         import torch
 
@@ -240,63 +295,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     length = (f"truncated after {record['steps']} steps (max_steps)" if record.get("truncated")
               else f"{final['epoch']} epochs")
-    print(f"trained {args.variant} seed {args.seed}: {length}, loss {final['loss_total']:.4f}, "
+    print(f"trained {settings.variant} seed {args.seed}: {length}, loss {final['loss_total']:.4f}, "
           f"train ID accuracy {final['acc_id']:.3f} -> {args.out}/model.pt")
     return 0
 
 
-def _config(paths):
-    from agnet.config import load_config
-
-    return load_config(*paths)
-
-
-def _eval_config(paths):
-    return _config(paths)["evaluation"]
-
-
 def _cmd_extract(args: argparse.Namespace) -> int:
     from agnet.extract import extract
+    from agnet.settings import extraction_settings
 
     check_device(args.device)
-    evaluation = _eval_config(args.config)
+    document, plan = _document(args, "extract", {"--protocol": args.protocol, "--dataset": args.dataset})
+    if document is None:
+        settings, dataset = extraction_settings(args.protocol), args.dataset
+    else:
+        settings, dataset = document["settings"], document["dataset"]
+    operational = _operational(args, "evaluation", plan)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    training = _config(args.config)["training"]
-    provenance = extract(args.model, args.manifest, args.out, evaluation["alpha"],
-                         batch_size=evaluation["batch_size"], workers=evaluation["workers"], device=args.device,
-                         dataset=args.dataset, amp=training.get("amp"), channels_last=training.get("channels_last"),
-                         protocols=args.protocol, progress=not args.no_progress)
+    images = None if settings["images"] == "all" else settings["images"]
+    provenance = extract(args.model, args.manifest, args.out, batch_size=operational["batch_size"],
+                         workers=operational["workers"], device=args.device, dataset=dataset,
+                         protocols=images, progress=not args.no_progress)
     log.info("wrote %s (%s, %s seed %s, %s)", args.out, provenance["dataset"], provenance["variant"],
              provenance["seed"], provenance["device"])
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from agnet.atomic import write_text
-    from agnet.data.fetch import sha256_file
     from agnet.data.manifest import read_manifest
-    from agnet.evaluate import EvalSettings, default_protocols, evaluate_run
+    from agnet.evaluate import EvalSettings, evaluate_run
     from agnet.extract import check_features, load_features
+    from agnet.fileio import sha256_file, write_text
+    from agnet.protocols import check_for_format, manifest_protocols
+    from agnet.settings import evaluation_settings
 
-    evaluation = _eval_config(args.config)
-    settings = EvalSettings(distance=evaluation["distance"], max_rank=evaluation["max_rank"],
-                            trials=evaluation["vehicleid_trials"], trial_seed=evaluation["trial_seed"],
-                            str_lambdas=tuple(evaluation["str"]["lambdas"]),
-                            str_same_camera=evaluation["str"]["same_camera"])
+    document, plan = _document(args, "evaluate", {"--descriptor": args.descriptor, "--protocol": args.protocol})
     frame, meta = read_manifest(args.manifest)
-    features = load_features(args.features)
+    if document is None:
+        evaluation = plan.config["evaluation"]
+        protocols = list(dict.fromkeys(args.protocol or manifest_protocols(frame, meta, evaluation)))
+        chosen = evaluation_settings(evaluation, protocols, list(dict.fromkeys(args.descriptor or [])) or None)
+    else:
+        chosen = document["settings"]
+    check_for_format(chosen["protocols"], meta["format"], str(args.manifest))
+    settings = EvalSettings.from_settings(chosen)
+    features = load_features(args.features, alpha=chosen.get("alpha"))
     check_features(features, args.features, manifest_path=args.manifest, model_path=args.model)
-    descriptors = list(dict.fromkeys(args.descriptor or evaluation["descriptors"]))
-    protocols = list(dict.fromkeys(args.protocol or default_protocols(frame, meta, evaluation)))
-    records = evaluate_run(features, frame, meta, descriptors, protocols, settings)
+    if document is not None and features["provenance"].get("dataset") != document["dataset"]:
+        raise AgnetError(f"{args.features}: features of dataset {features['provenance'].get('dataset')!r}, but "
+                         f"{args.settings} evaluates {document['dataset']!r}")
+    records = evaluate_run(features, frame, meta, chosen["descriptors"], chosen["protocols"], settings)
     provenance = {**features["provenance"], "features": str(args.features), "features_sha256": sha256_file(args.features)}
     provenance.setdefault("dataset", meta["format"])
-    document = {"provenance": provenance, "evaluation": {**evaluation, "str": dict(evaluation["str"])},
-                "records": records}
-    write_text(args.output, json.dumps(document, indent=2) + "\n")
+    if args.settings is not None:
+        provenance["settings"], provenance["settings_sha256"] = str(args.settings), sha256_file(args.settings)
+    document_out = {"provenance": provenance, "evaluation": chosen, "records": records}
+    write_text(args.output, json.dumps(document_out, indent=2) + "\n")
     for record in records:
         log.info("%s %s: mAP %.2f, Rank-1 %.2f", record["protocol"], record["descriptor"], 100 * record["mAP"],
                  100 * record["rank1"])
@@ -312,16 +369,29 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_datasets(args: argparse.Namespace, *jobs: str) -> dict:
+    """A report command's settings: from its document (--settings, one of ``jobs``) or resolved from --config
+    (for the first of ``jobs``)."""
+    from agnet.settings import report_document
+
+    document, plan = _document(args, "report", {})
+    if document is None:
+        document = report_document(plan.config, jobs[0])
+    elif document.get("key") not in jobs:
+        raise AgnetError(f"{args.settings}: the settings of report job {document.get('key')!r}, not of "
+                         f"{' or '.join(jobs)}")
+    return document["settings"]
+
+
 def _cmd_report_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from agnet.config import load_config
-    from agnet.data.fetch import sha256_file
-    from agnet.report.tables import contexts_from_config, write_tables
+    from agnet.fileio import sha256_file
+    from agnet.report.tables import write_tables
 
-    contexts = contexts_from_config(load_config(*args.config))
+    settings = _report_datasets(args, "tables")
     source = {"path": str(args.summary), "sha256": sha256_file(args.summary)}
-    written = write_tables(pd.read_csv(args.summary), contexts, args.out, source=source)
+    written = write_tables(pd.read_csv(args.summary), settings["datasets"], args.out, source=source)
     print(f"wrote {len(written)} table files to {args.out}")
     return 0
 
@@ -329,28 +399,29 @@ def _cmd_report_tables(args: argparse.Namespace) -> int:
 def _cmd_report_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from agnet.config import load_config
-    from agnet.data.fetch import sha256_file
+    from agnet.fileio import sha256_file
     from agnet.report.claims import check_all, write_claims
-    from agnet.report.tables import contexts_from_config
 
-    contexts = contexts_from_config(load_config(*args.config))
-    verdicts = check_all(pd.read_csv(args.runs), contexts)
-    write_claims(verdicts, contexts, args.markdown, args.json,
+    datasets = _report_datasets(args, "claims")["datasets"]
+    verdicts = check_all(pd.read_csv(args.runs), datasets)
+    write_claims(verdicts, datasets, args.markdown, args.json,
                  source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
     return 0
 
 
 def _cmd_report_figures(args: argparse.Namespace) -> int:
-    from agnet.config import load_config
     from agnet.report.make_figures import make_figures
 
+    jobs = ["figures_cmc", "figures_illustrations", "figures_training"]
+    if args.illustrate:  # resolved from --config: the job that illustrates
+        jobs.insert(0, jobs.pop(1))
+    settings = _report_datasets(args, *jobs)
     illustrate = {name: (features, manifest) for name, features, manifest in args.illustrate}
     logs: dict[str, list[Path]] = {}
     for variant, path in args.train_log:
         logs.setdefault(variant, []).append(Path(path))
-    written = make_figures(load_config(*args.config), args.out, args.cmc, illustrate, logs)
+    written = make_figures(settings, args.out, args.cmc, illustrate, logs)
     log.info("wrote %d figure files to %s", len(written), args.out)
     return 0
 
@@ -360,8 +431,7 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
 
     path = fetch_main(args.backbone, args.cache)
     if args.record:
-        from agnet.atomic import write_text
-        from agnet.data.fetch import sha256_file
+        from agnet.fileio import sha256_file, write_text
 
         record = {"backbone": args.backbone, "path": str(path.resolve()), "sha256": sha256_file(path)}
         write_text(args.record, json.dumps(record, indent=2) + "\n")
@@ -369,10 +439,26 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    """The repeatable ``--config`` flag: workflow config files merged in order, as Snakemake's ``--configfile``."""
-    parser.add_argument("--config", type=Path, action="append", required=True,
-                        help="workflow config file; repeat to merge (later files override, as --configfile)")
+def _add_config(parser: argparse.ArgumentParser, stage: str) -> None:
+    """Where a stage's settings come from: ``--settings FILE`` (the document the workflow writes under
+    ``results/settings/``) or the repeatable ``--config`` (config files merged in order, as Snakemake's
+    ``--configfile``, resolved by the same function)."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--settings", type=Path, metavar="FILE",
+                       help=f"the {stage} settings document (results/settings/{stage}/...json, written by the "
+                            "workflow; `agnet config settings` prints one)")
+    where.add_argument("--config", type=Path, action="append",
+                       help="workflow config file; repeat to merge (later files override, as --configfile)")
+
+
+def _choice(*values: str):
+    def parse(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(values)}, got {text!r}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,9 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(func=_cmd_grid)
 
     train = groups.add_parser("train", help="train one (dataset, variant, seed) run")
-    _add_config(train)
+    _add_config(train, "train")
     train.add_argument("--manifest", type=Path, required=True, help="dataset manifest (Parquet)")
-    train.add_argument("--variant", required=True, help="a key of `variants` in the config")
+    train.add_argument("--variant", help="a key of `variants` in the config (with --config; a settings document "
+                                         "names its own)")
     train.add_argument("--seed", type=_seed, required=True)
     train.add_argument("--out", type=_output_dir, required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
@@ -462,31 +549,45 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --resume: comma-separated schedule settings that may differ from the checkpoint's "
                             "(lr, lr_milestones, lr_gamma, epochs, max_steps), e.g. `lr` after a divergence; "
                             "recorded in run.json 'resumes'")
+    ops = train.add_argument_group("operational settings (how the job runs, not what it computes; default: the "
+                                   "config's, or config.yaml's with --settings; never a reason to retrain)")
+    ops.add_argument("--workers", type=_int_at_least(0), help="data-loading processes")
+    ops.add_argument("--log-every", type=_positive, help="steps between reads of the loss sums")
+    ops.add_argument("--decoded-cache", type=_choice("auto", "true", "false"), help="decode images once into a cache")
+    ops.add_argument("--channels-last", type=_choice("auto", "on", "off"), help="channels_last memory format")
+    ops.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                     help="deterministic kernels")
+    ops.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the forward pass")
     train.set_defaults(func=_cmd_train)
 
-    extract = groups.add_parser("extract", help="write the Attr/ID/All descriptors of a trained run")
-    _add_config(extract)
+    extract = groups.add_parser("extract", help="write the Attr and ID descriptors of a trained run")
+    _add_config(extract, "extract")
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
     extract.add_argument("--out", type=_output_file, required=True)
-    extract.add_argument("--dataset", help="dataset label recorded with the features (default: the manifest's format)")
+    extract.add_argument("--dataset", help="with --config: dataset label recorded with the features (default: the "
+                                           "manifest's format)")
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     extract.add_argument("--threads", type=_positive)
     extract.add_argument("--protocol", action="append",
-                         help="only the images this protocol reads (repeatable; VehicleID: vehicleid-<N> keeps the "
-                              "images of test_list_<N>; default: every evaluation image)")
+                         help="with --config: only the images this protocol reads (repeatable; VehicleID: vehicleid-<N> "
+                              "keeps the images of test_list_<N>; default: every evaluation image)")
     extract.add_argument("--no-progress", action="store_true")
+    extract.add_argument("--batch-size", type=_positive, help="operational: images per forward pass")
+    extract.add_argument("--workers", type=_int_at_least(0), help="operational: image-decoding processes")
     extract.set_defaults(func=_cmd_extract)
 
     evaluate = groups.add_parser("evaluate", help="CMC/mAP of a trained run: every descriptor x protocol, or those given")
-    _add_config(evaluate)
+    _add_config(evaluate, "evaluate")
     evaluate.add_argument("--features", type=Path, required=True)
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--model", type=Path, help="model.pt the features must come from (sha256 checked)")
     evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), action="append",
-                          help="only this descriptor (repeatable; default: evaluation.descriptors)")
+                          help="with --config: only this descriptor (repeatable; default: evaluation.descriptors)")
     evaluate.add_argument("--protocol", action="append",
-                          help="only this protocol: veri, veri-str or vehicleid-<N> (repeatable; default: all)")
+                          help="with --config: only this protocol: veri, veri-str or vehicleid-<N> (repeatable; "
+                               "default: all of the manifest's)")
     evaluate.add_argument("-o", "--output", type=_output_file, required=True, help="metrics JSON of the run")
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -498,18 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = groups.add_parser("report", help="Tables I-IV and the claims check")
     report_cmds = report.add_subparsers(dest="command", required=True)
     tables = report_cmds.add_parser("tables", help="table{1..4}.{tex,md}: the paper's rows and ours")
-    _add_config(tables)
+    _add_config(tables, "report")
     tables.add_argument("--summary", type=Path, required=True, help="results/metrics/summary.csv")
     tables.add_argument("--out", type=Path, required=True)
     tables.set_defaults(func=_cmd_report_tables)
     claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts, and the paper against itself")
-    _add_config(claims)
+    _add_config(claims, "report")
     claims.add_argument("--runs", type=Path, required=True, help="results/metrics/runs.csv (one row per run)")
     claims.add_argument("--markdown", type=_output_file, required=True)
     claims.add_argument("--json", type=_output_file, required=True)
     claims.set_defaults(func=_cmd_report_claims)
     figures = report_cmds.add_parser("figures", help="Figures 5-8 and training curves (PDF + PNG)")
-    _add_config(figures)
+    _add_config(figures, "report")
     figures.add_argument("--cmc", type=Path, help="cmc.parquet written by `agnet aggregate` (Fig. 5/6)")
     figures.add_argument("--illustrate", nargs=3, action="append", default=[], metavar=("DATASET", "FEATURES", "MANIFEST"),
                          help="features and manifest of the run shown in Fig. 7/8 for a dataset (repeat per format)")
@@ -528,9 +629,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = groups.add_parser("config", help="configuration utilities")
     config_cmds = config.add_subparsers(dest="command", required=True)
-    check = config_cmds.add_parser("check", help="validate workflow config files (merged in order) against the schema")
+    check = config_cmds.add_parser("check", help="validate workflow config files (merged in order): the schema and "
+                                                 "every rule the workflow applies")
     check.add_argument("config", type=Path, nargs="+")
     check.set_defaults(func=_cmd_config_check)
+    show = config_cmds.add_parser("settings", help="the settings documents of a config: their keys, or one of them")
+    show.add_argument("config", type=Path, nargs="+")
+    show.add_argument("--key", help="e.g. train/agnet_asl, extract/veri, evaluate/veri, report/tables")
+    show.add_argument("-o", "--output", type=_output_file, help="write the document here instead of stdout")
+    show.set_defaults(func=_cmd_config_settings)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Workflow configuration: load, fill defaults, and validate against the schema shipped in the package
 (``agnet/schemas/config.schema.yaml``, package data, so an installed ``agnet`` validates without a checkout).
 
-:func:`validate_config` is the one validation: ``agnet config check``, every command taking ``--config``
-and the workflow (``workflow/rules/common.smk``) all call it.
+:func:`validate_config` checks the schema (and fills its defaults); :func:`agnet.settings.check_config` adds every
+cross-field rule on top of it, and is what ``agnet config check``, every command taking ``--config`` and the
+workflow (``workflow/rules/common.smk``) call, through :func:`agnet.settings.plan`.
 
 Imported by the Snakefile before any job is scheduled, so it depends only on the standard
 library, PyYAML and jsonschema (both Snakemake dependencies). Errors name the file, the key path
@@ -39,29 +40,45 @@ def _with_defaults(validator_class):
 
 
 # A number as YAML 1.2 writes it. PyYAML (and so Snakemake) follows YAML 1.1, where a float needs a dot:
-# `lr: 1e-3` arrives as the string "1e-3". Where the schema wants a number, such a string is read as one.
+# `lr: 1e-3` arrives as the string "1e-3". Snakemake's `--config "evaluation={trial_seed: 3}"` likewise passes
+# nested values as strings ("3", "true"). Where the schema wants a number, an integer or a boolean, such a string
+# is read as one.
 _NUMBER_TEXT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_INTEGER_TEXT = re.compile(r"[-+]?[0-9]+")
+_BOOLEAN_TEXT = {"true": True, "false": False}
 _JSON_TYPES = {str: "the string", bool: "the boolean", int: "the integer", float: "the number", list: "a list",
                dict: "a mapping", type(None): "nothing (null)"}
 _SCHEMA_TYPES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                  "array": "a list", "object": "a mapping"}
 
 
-def _wants_number(error: jsonschema.ValidationError) -> bool:
+def _read_as(error: jsonschema.ValidationError):
+    """The value a string stands for where the schema wants a number, integer or boolean (None: no such value)."""
+    text = error.instance
+    if error.validator != "type" or not isinstance(text, str):
+        return None
     wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-    return error.validator == "type" and "number" in wanted
+    text = text.strip()
+    if "integer" in wanted and _INTEGER_TEXT.fullmatch(text):
+        return int(text)
+    if "number" in wanted and _NUMBER_TEXT.fullmatch(text):
+        return float(text)
+    if "boolean" in wanted and text.lower() in _BOOLEAN_TEXT:
+        return _BOOLEAN_TEXT[text.lower()]
+    return None
 
 
 def _coerce_numbers(validator, config: dict[str, Any]) -> None:
-    """Replace, in place, strings such as "1e-3" where the schema expects a number by their float value."""
+    """Replace, in place, strings such as "1e-3", "3" or "true" where the schema expects a number, an integer or
+    a boolean by the value they stand for."""
     for error in list(validator.iter_errors(config)):
-        text = error.instance
-        if _wants_number(error) and isinstance(text, str) and _NUMBER_TEXT.fullmatch(text.strip()):
+        value = _read_as(error)
+        if value is not None:
             *parents, last = list(error.absolute_path)
             holder = config
             for part in parents:
                 holder = holder[part]
-            holder[last] = float(text)
+            holder[last] = value
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -119,29 +136,12 @@ def validate_config(config: dict[str, Any], source: str = "config", schema_path:
     unknown = [name for name in config["run"] if name not in config["datasets"]]
     if unknown:
         raise ConfigError(f"{source}: run: {', '.join(map(repr, unknown))} not defined under 'datasets'")
-    _check_train_variants(config, source)
     return config
-
-
-def _check_train_variants(config: dict[str, Any], source: str) -> None:
-    """Every name in ``train_variants`` must be a variant whose settings resolve (as the workflow needs)."""
-    from agnet.train.settings import resolve_settings  # imports this module: not at the top
-
-    defined = config["variants"]
-    unknown = [name for name in config["train_variants"] if name not in defined]
-    if unknown:
-        raise ConfigError(f"{source}: train_variants: {', '.join(map(repr, unknown))} not defined under 'variants' "
-                          f"(defined: {', '.join(sorted(defined)) or 'none'})")
-    for name in config["train_variants"]:
-        try:
-            resolve_settings(config, name)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
 
 
 def load_config(*paths: str | Path) -> dict[str, Any]:
     """Read one or more YAML config files, merge them in order (later ones override, recursively,
-    as Snakemake's ``--configfile`` does) and validate the result."""
+    as Snakemake's ``--configfile`` does) and validate the result against the schema."""
     if not paths:
         raise ConfigError("no config file given")
     config: dict[str, Any] = {}
@@ -155,17 +155,3 @@ def load_config(*paths: str | Path) -> dict[str, Any]:
         config = deep_merge(config, loaded)
     return validate_config(config, source=" + ".join(map(str, paths)))
 
-
-def figure_run(config: dict[str, Any]) -> tuple[str, int]:
-    """The (variant, seed) whose features the report illustrates (Fig. 7/8), from ``figures`` in the config:
-    ``variant`` default AGNet-ASL if trained, else the last of ``train_variants``; ``seed`` default the first."""
-    chosen = config.get("figures") or {}
-    variants, seeds = config["train_variants"], config["seeds"]
-    variant = chosen.get("variant") or ("agnet_asl" if "agnet_asl" in variants else variants[-1])
-    seed = chosen.get("seed")
-    seed = seeds[0] if seed is None else seed
-    if variant not in variants:
-        raise ConfigError(f"figures.variant: {variant!r} is not trained (train_variants: {', '.join(variants)})")
-    if seed not in seeds:
-        raise ConfigError(f"figures.seed: {seed} is not trained (seeds: {', '.join(map(str, seeds))})")
-    return variant, seed

@@ -1,11 +1,5 @@
-"""Evaluation protocols (§IV.A): VeRi-776 (with optional spatio-temporal re-ranking) and VehicleID.
-
-Protocol names:
-
-* ``veri``: the 1,678 queries against the test images, same-vehicle-same-camera junk removed;
-* ``veri-str``: the same, with the visual distance fused with a spatio-temporal term (below);
-* ``vehicleid-<N>``: test list ``test_list_<N>.txt``; per trial one random image per vehicle is the
-  gallery and all others are queries, no junk; ``trials`` seeded trials, mean and std reported.
+"""Scoring the evaluation protocols (§IV.A) of :mod:`agnet.protocols` on a run's features: VeRi-776 (with
+optional spatio-temporal re-ranking) and VehicleID (``trials`` seeded gallery draws, mean and std reported).
 
 Spatio-temporal re-ranking (after PROVID/FACT; the published formula is only partly recoverable,
 see ``docs/paper-mapping.md``): ``d = minmax_q(d_vis) + λ · (|t_q − t_g| / T_max) · (δ(c_q, c_g) / D_max)``,
@@ -31,6 +25,7 @@ import torch
 
 from agnet.errors import AgnetError
 from agnet.metrics import evaluate, pairwise_distance
+from agnet.protocols import parse, pseudo_split, vehicleid_test, vehicleid_trial, veri_split
 
 TOP_RANKS = (1, 5, 10)
 
@@ -47,6 +42,18 @@ class EvalSettings:
     str_same_camera: str = "nearest"
     str_max_doublings: int = 8  # the grid grows to at most 2^8 times its largest value
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> EvalSettings:
+        """From the ``settings`` of an ``evaluate`` document (:func:`agnet.settings.evaluation_settings`); what a
+        document leaves out (trials for VeRi, STR for VehicleID) is not read by its protocols."""
+        vehicleid, rerank = settings.get("vehicleid") or {}, settings.get("str") or {}
+        defaults = cls()
+        return cls(distance=settings["distance"], max_rank=int(settings["max_rank"]),
+                   trials=int(vehicleid.get("trials", defaults.trials)),
+                   trial_seed=int(vehicleid.get("trial_seed", defaults.trial_seed)),
+                   str_lambdas=tuple(rerank.get("lambdas", defaults.str_lambdas)),
+                   str_same_camera=rerank.get("same_camera", defaults.str_same_camera))
+
 
 def _features_for(features: dict[str, Any], descriptor: str, paths: pd.Series) -> torch.Tensor:
     index = {path: i for i, path in enumerate(features["paths"])}
@@ -56,7 +63,9 @@ def _features_for(features: dict[str, Any], descriptor: str, paths: pd.Series) -
         hint = "" if covered == "all" else f" (extracted for {', '.join(covered)} only; rerun `agnet extract` with it)"
         raise AgnetError(f"features lack {len(missing)} image(s) of the protocol, e.g. {missing[0]}{hint}")
     if descriptor not in features:
-        raise AgnetError(f"unknown descriptor {descriptor!r} (features hold Attr, ID, All)")
+        held = ", ".join(name for name in ("Attr", "ID", "All") if name in features)
+        hint = " (All is built from Attr and ID with the evaluation's alpha)" if descriptor == "All" else ""
+        raise AgnetError(f"descriptor {descriptor!r} not available (features give {held}){hint}")
     return features[descriptor][torch.as_tensor([index[p] for p in paths])].float()
 
 
@@ -98,20 +107,6 @@ def fuse(visual: torch.Tensor, st: np.ndarray, lam: float) -> torch.Tensor:
     low = visual.min(dim=1, keepdim=True).values
     span = (visual.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
     return (visual - low) / span + lam * torch.from_numpy(st)
-
-
-def _veri_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    query, gallery = frame[frame["split"] == "query"], frame[frame["split"] == "gallery"]
-    if query.empty or gallery.empty:
-        raise AgnetError("the manifest has no VeRi query/gallery split (is it a VehicleID manifest?)")
-    return query, gallery
-
-
-def pseudo_split(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A VeRi-like split of tuning images: the first image of each (vehicle, camera) is a query, all are gallery
-    (the query's own copy is then junk, as in VeRi)."""
-    queries = images.sort_values("list_index").groupby(["vehicle_id", "camera_id"], sort=True).head(1)
-    return queries, images
 
 
 def tune_lambda(features, frame: pd.DataFrame, descriptor: str, camera_dist, settings: EvalSettings) -> dict:
@@ -159,7 +154,7 @@ def tune_lambda(features, frame: pd.DataFrame, descriptor: str, camera_dist, set
 def evaluate_veri(features, frame: pd.DataFrame, meta: dict, descriptor: str, settings: EvalSettings,
                   use_str: bool = False) -> dict[str, Any]:
     """VeRi-776 image protocol (junk = same vehicle and camera); with ``use_str`` the fused distance."""
-    query, gallery = _veri_split(frame)
+    query, gallery = veri_split(frame)
     visual = pairwise_distance(_features_for(features, descriptor, query["path"]),
                                _features_for(features, descriptor, gallery["path"]), metric=settings.distance)
     record: dict[str, Any] = {"num_gallery": len(gallery)}
@@ -178,24 +173,10 @@ def evaluate_veri(features, frame: pd.DataFrame, meta: dict, descriptor: str, se
     return {**_summary(result, settings.max_rank), **record}
 
 
-def vehicleid_trial(test: pd.DataFrame, size: int, trial: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row positions (into ``test``) of (query, gallery) for one trial: one random gallery image per vehicle."""
-    rng = np.random.default_rng([seed, size, trial])
-    order = rng.permutation(len(test))
-    first = pd.Series(test["vehicle_id"].to_numpy()[order]).duplicated().to_numpy()
-    gallery = np.sort(order[~first])
-    query = np.sort(order[first])
-    return query, gallery
-
-
 def evaluate_vehicleid(features, frame: pd.DataFrame, descriptor: str, size: int,
                        settings: EvalSettings) -> dict[str, Any]:
     """VehicleID protocol on ``test_list_<size>``: ``settings.trials`` seeded draws, mean and std."""
-    column = f"in_test_{size}"
-    if column not in frame:
-        lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
-        raise AgnetError(f"no test_list_{size}.txt in this dataset (lists: {lists})")
-    test = frame[(frame["split"] == "test") & frame[column]].reset_index(drop=True)
+    test = vehicleid_test(frame, size)
     feats = _features_for(features, descriptor, test["path"])
     ids = test["vehicle_id"].to_numpy()
     trials = []
@@ -217,30 +198,17 @@ def evaluate_vehicleid(features, frame: pd.DataFrame, descriptor: str, size: int
 def run_protocol(features, frame: pd.DataFrame, meta: dict, descriptor: str, protocol: str,
                  settings: EvalSettings) -> dict[str, Any]:
     """Dispatch on the protocol name; the record states the protocol, descriptor and distance."""
-    if protocol == "veri":
-        record = evaluate_veri(features, frame, meta, descriptor, settings)
-    elif protocol == "veri-str":
-        record = evaluate_veri(features, frame, meta, descriptor, settings, use_str=True)
-    elif protocol.startswith("vehicleid-") and protocol.removeprefix("vehicleid-").isdigit():
-        record = evaluate_vehicleid(features, frame, descriptor, int(protocol.removeprefix("vehicleid-")), settings)
+    parsed = parse(protocol)
+    if parsed.format == "veri":
+        record = evaluate_veri(features, frame, meta, descriptor, settings, use_str=parsed.reranked)
     else:
-        raise AgnetError(f"unknown protocol {protocol!r} (veri, veri-str or vehicleid-<N>)")
+        record = evaluate_vehicleid(features, frame, descriptor, parsed.test_size, settings)
     distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[settings.distance]
     return {"protocol": protocol, "descriptor": descriptor, "distance": distance, "ap": "non-interpolated",
             **record, "provenance": features["provenance"]}
 
 
 # ------------------------------------------------------------------------------------------- per run
-
-
-def default_protocols(frame: pd.DataFrame, meta: dict, evaluation: dict[str, Any]) -> list[str]:
-    """The protocols of a dataset under the ``evaluation`` config section: VeRi ``veri`` (+ ``veri-str`` when
-    enabled); VehicleID one per configured test size the manifest has (all of its lists if it has none of them)."""
-    if meta.get("format") == "veri":
-        return ["veri"] + (["veri-str"] if evaluation.get("str", {}).get("enabled", False) else [])
-    lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
-    wanted = [size for size in evaluation.get("vehicleid_test_sizes", []) if size in lists]
-    return [f"vehicleid-{size}" for size in (wanted or lists)]
 
 
 def evaluate_run(features, frame: pd.DataFrame, meta: dict, descriptors, protocols,
@@ -258,34 +226,7 @@ def evaluate_run(features, frame: pd.DataFrame, meta: dict, descriptors, protoco
     return records
 
 
-def query_gallery(frame: pd.DataFrame, protocol: str, *, trial: int = 0,
-                  trial_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    """The query and gallery rows a protocol evaluates, and whether its junk rule (same vehicle, same
-    camera) applies: VeRi's query vs gallery split; VehicleID's trial ``trial`` of ``test_list_<N>``."""
-    if protocol in ("veri", "veri-str"):
-        query, gallery = _veri_split(frame)
-        return query.reset_index(drop=True), gallery.reset_index(drop=True), True
-    if protocol.startswith("vehicleid-") and protocol.removeprefix("vehicleid-").isdigit():
-        size = int(protocol.removeprefix("vehicleid-"))
-        column = f"in_test_{size}"
-        if column not in frame:
-            lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
-            raise AgnetError(f"no test_list_{size}.txt in this dataset (lists: {lists})")
-        test = frame[(frame["split"] == "test") & frame[column]].reset_index(drop=True)
-        q, g = vehicleid_trial(test, size, trial, trial_seed)
-        return test.iloc[q].reset_index(drop=True), test.iloc[g].reset_index(drop=True), False
-    raise AgnetError(f"unknown protocol {protocol!r} (veri, veri-str or vehicleid-<N>)")
-
-
 def features_of(features, descriptor: str, paths) -> torch.Tensor:
     """Rows of one descriptor for ``paths`` (manifest keys), float32; an error names what is missing."""
     return _features_for(features, descriptor, pd.Series(list(paths)))
 
-
-def has_true_match(query: pd.DataFrame, gallery: pd.DataFrame, junk_rule: bool) -> np.ndarray:
-    """Per query: whether the gallery holds its vehicle outside the junk (the queries a protocol scores)."""
-    if not junk_rule:
-        return query["vehicle_id"].isin(set(gallery["vehicle_id"])).to_numpy()
-    cameras_of = gallery.groupby("vehicle_id")["camera_id"].agg(set).to_dict()
-    return np.array([bool(cameras_of.get(v, set()) - {c}) for v, c in zip(query["vehicle_id"], query["camera_id"])],
-                    dtype=bool)

@@ -3,11 +3,13 @@
 ``features.pt`` (a ``torch.save`` dict, loadable with ``weights_only=True``) holds
 
 * ``paths``: image paths (manifest keys), each image decoded once;
-* ``Attr`` (N, D), ``ID`` (N, D), ``All`` (N, 2D): the descriptors, ``All = [Attr, (1 − α)·ID]``, stored as
-  float16 unit vectors plus float32 norms (``<name>_norm``, (N, 1)) — compact, and safe from float16
-  overflow; :func:`load_features` gives each as a :class:`Descriptor` whose rows come back as float32;
-* ``provenance``: dataset label, variant, seed, sha256 of the model and of the manifest, α, input size,
-  device, precision, versions. :func:`check_features` compares these hashes with the files a later
+* ``Attr`` (N, D), ``ID`` (N, D): the two branch descriptors, stored as float16 unit vectors plus float32 norms
+  (``<name>_norm``, (N, 1)) — compact, and safe from float16 overflow; :func:`load_features` gives each as a
+  :class:`Descriptor` whose rows come back as float32, and, given the evaluation's α, the paper's fused
+  descriptor ``All = [Attr, (1 − α)·ID]`` (Eq. 5) built from them row by row (:class:`FusedDescriptor`) — so α
+  is an evaluation setting: changing it re-scores a run without extracting it again;
+* ``provenance``: dataset label, variant, seed, sha256 of the model and of the manifest, input size,
+  device, precision, versions, the images covered. :func:`check_features` compares these hashes with the files a later
   step is given, so features of a retrained model or of another dataset are refused, never used.
 
 Device and precision follow the same rules as training (:mod:`agnet.device`): on a GPU autocast
@@ -30,16 +32,16 @@ import torch
 from tqdm import tqdm
 
 from agnet import __version__
-from agnet.atomic import atomic_path
-from agnet.data.fetch import sha256_file
 from agnet.data.manifest import read_manifest
 from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
+from agnet.fileio import atomic_path, sha256_file
 from agnet.images import load_tensor
-from agnet.model import AGNet, build_trunk, descriptors
+from agnet.model import AGNet, branch_descriptors, build_trunk
+from agnet.protocols import evaluated_images, list_protocols
 from agnet.train.settings import TrainSettings, from_dict
 
-DESCRIPTORS = ("Attr", "ID", "All")
+STORED = ("Attr", "ID")  # the descriptors a features file holds; All is fused from them at evaluation
 
 log = logging.getLogger(__name__)
 
@@ -98,30 +100,6 @@ def check_model_fits(record: dict[str, Any], frame, meta: dict, model_path: Path
                          + "; ".join(problems) + "); pass the manifest the model was trained on")
 
 
-def _list_protocols(protocols: Sequence[str] | None) -> list[str]:
-    """The VehicleID test-list protocols among ``protocols`` (the only ones that limit the extracted images)."""
-    return sorted({p for p in protocols or () if p.startswith("vehicleid-")})
-
-
-def evaluation_paths(frame, protocols: Sequence[str] | None = None) -> list[str]:
-    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
-    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on).
-
-    ``protocols`` (VehicleID: ``vehicleid-<N>``) keeps only the images of those test lists, as a VehicleID
-    evaluation reads only its lists: the configured 800-3,200 lists hold 26,350 of the 108,221 test images of
-    the release. ``None`` (or VeRi's protocols, which use every evaluation image) keeps them all."""
-    keep = frame["split"] != "train"
-    sizes = [p.removeprefix("vehicleid-") for p in _list_protocols(protocols)]
-    if sizes:
-        columns = []
-        for size in sizes:
-            column = f"in_test_{size}"
-            if not size.isdigit() or column not in frame:
-                lists = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
-                raise AgnetError(f"protocol vehicleid-{size}: no such test list in the manifest (lists: {lists})")
-            columns.append(column)
-        keep &= frame[columns].fillna(False).astype(bool).any(axis=1)
-    return list(dict.fromkeys(frame.loc[keep, "path"]))
 
 
 class _Images(torch.utils.data.Dataset):
@@ -149,7 +127,7 @@ def save_features(out_path: str | Path, stored: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | Path, alpha: float, *,
+def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | Path, *,
             batch_size: int = 128, workers: int = 2, device: str | None = None,
             dataset: str | None = None, amp: str | None = None, channels_last: str | None = None,
             protocols: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
@@ -157,15 +135,13 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
 
     ``dataset`` labels the features (default: the manifest's format); ``amp``/``channels_last`` default
     to the settings the model was trained with; ``protocols`` limits VehicleID to the images of those test
-    lists (:func:`evaluation_paths`; recorded in the provenance)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise AgnetError(f"feature alpha must be in [0, 1], got {alpha}")
+    lists (:func:`agnet.protocols.evaluated_images`; recorded in the provenance)."""
     model_path, manifest_path = Path(model_path), Path(manifest_path)
     device = choose_device(device)
     model, settings, record = load_trained(model_path)
     frame, meta = read_manifest(manifest_path)
     check_model_fits(record, frame, meta, model_path, manifest_path)
-    relative = evaluation_paths(frame, protocols)
+    relative = evaluated_images(frame, protocols)
     if not relative:
         raise AgnetError(f"{manifest_path}: no evaluation images")
     root = Path(meta["root"])
@@ -188,7 +164,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(images)
         rows = slice(done, done + images.shape[0])
-        for name, value in descriptors({k: v.float() for k, v in outputs.items()}, alpha).items():
+        for name, value in branch_descriptors({k: v.float() for k, v in outputs.items()}).items():
             value = value.cpu()
             if not torch.isfinite(value).all():
                 raise AgnetError(f"{model_path}: the {name} descriptor has non-finite values (a diverged model?)")
@@ -204,10 +180,10 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         "variant": settings.variant, "seed": record["seed"], "model": str(model_path),
         "model_sha256": sha256_file(model_path), "manifest": str(manifest_path),
         "manifest_sha256": sha256_file(manifest_path), "train_manifest_sha256": record.get("manifest_sha256"),
-        "alpha": alpha, "input_size": list(settings.input_size), "device": str(device),
+        "input_size": list(settings.input_size), "device": str(device),
         "precision": str(amp_dtype or torch.float32), "channels_last": use_channels_last,
         "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
-        "python": platform.python_version(), "protocols": _list_protocols(protocols) or "all",
+        "python": platform.python_version(), "protocols": list_protocols(protocols) or "all",
     }
     if done != len(relative):
         raise AgnetError(f"{manifest_path}: the loader gave {done} of {len(relative)} evaluation images")
@@ -216,9 +192,10 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     return provenance
 
 
-def load_features(path: str | Path) -> dict[str, Any]:
+def load_features(path: str | Path, alpha: float | None = None) -> dict[str, Any]:
     """Read a ``features.pt`` written by :func:`extract`; each descriptor comes back as a :class:`Descriptor`
-    ((N, dim); indexing it gives float32 rows, ``.float()`` the whole matrix).
+    ((N, dim); indexing it gives float32 rows, ``.float()`` the whole matrix). With ``alpha`` (Eq. 5, in [0, 1])
+    the result also holds ``All``, a :class:`FusedDescriptor` of Attr and ID.
 
     The structure is checked: every descriptor has one row per path, paths are unique, the provenance is
     present. Anything else is an :class:`AgnetError` naming the file."""
@@ -237,7 +214,8 @@ def load_features(path: str | Path) -> dict[str, Any]:
         raise AgnetError(f"{path}: malformed features file ('paths' must be a list of image paths)")
     if len(set(paths)) != len(paths):
         raise AgnetError(f"{path}: malformed features file ({len(paths) - len(set(paths))} duplicate path(s))")
-    for name in DESCRIPTORS:
+    stored.pop("All", None), stored.pop("All_norm", None)  # an older file's fixed-alpha All: rebuilt below
+    for name in STORED:
         values = stored.get(name)
         if not torch.is_tensor(values) or values.dim() != 2:
             raise AgnetError(f"{path}: malformed features file (descriptor {name} missing or not a matrix)")
@@ -248,6 +226,10 @@ def load_features(path: str | Path) -> dict[str, Any]:
         if norm is not None and (not torch.is_tensor(norm) or tuple(norm.shape) != (len(paths), 1)):
             raise AgnetError(f"{path}: malformed features file ({name}_norm does not match {name})")
         stored[name] = Descriptor(values, norm)
+    if alpha is not None:
+        if not 0.0 <= alpha <= 1.0:
+            raise AgnetError(f"the All descriptor's alpha must be in [0, 1], got {alpha}")
+        stored["All"] = FusedDescriptor(stored["Attr"], stored["ID"], alpha)
     return stored
 
 
@@ -280,6 +262,38 @@ class Descriptor:
 
     def float(self) -> torch.Tensor:
         return self[:]
+
+
+class FusedDescriptor:
+    """Eq. 5's ``All = [Attr, (1 − α)·ID]`` of a features file, built for the rows asked for (float32; the same
+    interface as :class:`Descriptor`). Shape: (N, D_attr + D_id)."""
+
+    dtype = torch.float32
+
+    def __init__(self, attr: Descriptor, identity: Descriptor, alpha: float):
+        self.attr, self.identity, self.alpha = attr, identity, float(alpha)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.attr), self.attr.shape[1] + self.identity.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.attr)
+
+    def dim(self) -> int:
+        return 2
+
+    def __getitem__(self, key) -> torch.Tensor:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        return fuse_all(self.attr[rows], self.identity[rows], self.alpha)[..., cols]
+
+    def float(self) -> torch.Tensor:
+        return self[:]
+
+
+def fuse_all(attr: torch.Tensor, identity: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 5: ``[attr, (1 − α)·identity]`` along the feature axis ((N, Da), (N, Di) -> (N, Da + Di))."""
+    return torch.cat([attr, (1.0 - alpha) * identity], dim=-1)
 
 
 def check_features(features: dict[str, Any], features_path: str | Path, manifest_path: str | Path | None = None,

@@ -123,10 +123,7 @@ class AGNet(nn.Module):
             return self.verify_head(self.verify_bn((e1.float() - e2.float()).pow(2)))
 
 
-def descriptors(outputs: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """The test descriptors of Tables III/IV: Attr, ID and All = [f_attr, (1 − α)·f_id] (Eq. 5)."""
-    return {
-        "Attr": outputs["e_attr"],
-        "ID": outputs["e_id"],
-        "All": torch.cat([outputs["e_attr"], (1.0 - alpha) * outputs["e_id"]], dim=1),
-    }
+def branch_descriptors(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The two branch descriptors of Tables III/IV, Attr and ID; the third, All = [f_attr, (1 − α)·f_id] (Eq. 5),
+    is built from them at evaluation (:func:`agnet.extract.fuse_all`), so α is an evaluation setting."""
+    return {"Attr": outputs["e_attr"], "ID": outputs["e_id"]}

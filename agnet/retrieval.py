@@ -1,7 +1,8 @@
 """A query's top-k gallery matches under the evaluation's own distance and junk rule.
 
 The report's retrieval figure (Fig. 8) uses this instead of ranking on its own; the split comes
-from :func:`agnet.evaluate.query_gallery`, the distance from :func:`agnet.metrics.pairwise_distance`.
+from :func:`agnet.protocols.query_gallery`, the junk rule from :func:`agnet.protocols.junk`, the distance from
+:func:`agnet.metrics.pairwise_distance`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from agnet.metrics import pairwise_distance
+from agnet.protocols import junk
 
 
 def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int, *, distance: str = "euclidean",
@@ -34,7 +36,7 @@ def rank_gallery(dist: np.ndarray, g_ids, k: int, *, q_ids=None, q_cams=None, g_
     for q in range(dist.shape[0]):
         order = np.argsort(dist[q], kind="stable")
         if junk_rule:
-            junk = (g_ids == q_ids[q]) & (g_cams == q_cams[q])
-            order = order[~junk[order]]
+            skip = junk(q_ids[q : q + 1], q_cams[q : q + 1], g_ids, g_cams)[0]
+            order = order[~skip[order]]
         picks.append(order[:k])
     return picks

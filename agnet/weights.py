@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from agnet.data.fetch import download, sha256_file
+from agnet.data.fetch import download
 from agnet.errors import AgnetError, ConfigError, FetchError
+from agnet.fileio import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

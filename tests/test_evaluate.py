@@ -15,8 +15,8 @@ from agnet.evaluate import (
     run_protocol,
     spatio_temporal,
     tune_lambda,
-    vehicleid_trial,
 )
+from agnet.protocols import vehicleid_trial
 
 
 def vehicleid_frame(vehicles=20, per_vehicle=5):

@@ -13,7 +13,8 @@ from agnet.config import load_config
 from agnet.data.manifest import make_manifest, read_manifest
 from agnet.data.synth.veri import synth_veri
 from agnet.errors import AgnetError
-from agnet.extract import evaluation_paths, extract, load_features, load_trained
+from agnet.extract import extract, load_features, load_trained
+from agnet.protocols import evaluated_images
 from agnet.train.loop import train
 from agnet.train.settings import resolve_settings
 from tests.conftest import REPO
@@ -44,23 +45,27 @@ def make_trained(tmp_path_factory):
 
 def test_descriptors_of_every_evaluation_image(trained):
     out = trained / "features.pt"
-    provenance = extract(trained / "run" / "model.pt", trained / "m.parquet", out, alpha=0.25, workers=0,
-                         progress=False)
-    features = load_features(out)
+    provenance = extract(trained / "run" / "model.pt", trained / "m.parquet", out, workers=0, progress=False)
+    features = load_features(out, alpha=0.25)
     frame, _ = read_manifest(trained / "m.parquet")
     expected = list(dict.fromkeys(frame.loc[frame["split"] != "train", "path"]))
     assert features["paths"] == expected  # each image once, query copies included
     n = len(expected)
     assert features["Attr"].shape == features["ID"].shape == (n, 16) and features["All"].shape == (n, 32)
     raw = torch.load(out, weights_only=True)
-    assert raw["All"].dtype == torch.float16 and raw["All_norm"].dtype == torch.float32  # compact on disk
+    assert raw["ID"].dtype == torch.float16 and raw["ID_norm"].dtype == torch.float32  # compact on disk
+    assert "All" not in raw  # Eq. 5's All is built at evaluation, with the evaluation's alpha
     assert features["All"].dtype == torch.float32
-    torch.testing.assert_close(features["All"][:, 16:], 0.75 * features["ID"].float(), atol=2e-3, rtol=2e-3)
     # Rows are scaled back on demand, exactly as the whole matrix would be (no 7 GB float32 copy at VehicleID size).
     rows = torch.tensor([n - 1, 0, 2])
-    assert torch.equal(features["All"][rows], (raw["All"].float() * raw["All_norm"])[rows])
-    assert torch.equal(features["All"].float(), raw["All"].float() * raw["All_norm"])
-    assert provenance["variant"] == "agnet_asl" and provenance["alpha"] == 0.25 and len(provenance["model_sha256"]) == 64
+    assert torch.equal(features["ID"][rows], (raw["ID"].float() * raw["ID_norm"])[rows])
+    assert torch.equal(features["All"][rows], torch.cat([features["Attr"][rows], 0.75 * features["ID"][rows]], 1))
+    assert torch.equal(features["All"].float()[rows], features["All"][rows])
+    assert torch.equal(load_features(out, alpha=1.0)["All"][rows][:, 16:], torch.zeros(3, 16))
+    assert "All" not in load_features(out)  # no alpha, no All
+    with pytest.raises(AgnetError, match="alpha must be in"):
+        load_features(out, alpha=1.5)
+    assert provenance["variant"] == "agnet_asl" and "alpha" not in provenance and len(provenance["model_sha256"]) == 64
     assert len(provenance["manifest_sha256"]) == 64 and provenance["dataset"] == "veri"  # default label: the format
     assert provenance["precision"] == "torch.float32" and provenance["channels_last"] is False  # on a CPU
 
@@ -69,10 +74,9 @@ def test_batches_fill_the_stored_rows_in_manifest_order(trained, tmp_path):
     """Descriptors are written batch by batch into the stored matrices: small batches (a short last one included)
     give the rows one batch of everything gives."""
     whole, small = tmp_path / "whole.pt", tmp_path / "small.pt"
-    extract(trained / "run" / "model.pt", trained / "m.parquet", whole, alpha=0.5, workers=0, progress=False)
-    extract(trained / "run" / "model.pt", trained / "m.parquet", small, alpha=0.5, batch_size=3, workers=0,
-            progress=False)
-    a, b = load_features(whole), load_features(small)
+    extract(trained / "run" / "model.pt", trained / "m.parquet", whole, workers=0, progress=False)
+    extract(trained / "run" / "model.pt", trained / "m.parquet", small, batch_size=3, workers=0, progress=False)
+    a, b = load_features(whole, alpha=0.5), load_features(small, alpha=0.5)
     assert a["paths"] == b["paths"] and len(a["paths"]) % 3 != 0
     for name in ("Attr", "ID", "All"):
         torch.testing.assert_close(a[name].float(), b[name].float(), atol=2e-3, rtol=2e-3)
@@ -87,18 +91,17 @@ def test_a_diverged_model_is_refused_at_its_first_batch_and_nothing_is_written(t
     import agnet.extract as module
 
     batches = []
-    real = module.descriptors
-    monkeypatch.setattr(module, "descriptors", lambda *a: batches.append(1) or real(*a))
+    real = module.branch_descriptors
+    monkeypatch.setattr(module, "branch_descriptors", lambda *a: batches.append(1) or real(*a))
     out = tmp_path / "features.pt"
     with pytest.raises(AgnetError, match=r"diverged.pt: the Attr descriptor has non-finite values"):
-        extract(tmp_path / "diverged.pt", trained / "m.parquet", out, alpha=0.5, batch_size=2, workers=0,
-                progress=False)
+        extract(tmp_path / "diverged.pt", trained / "m.parquet", out, batch_size=2, workers=0, progress=False)
     assert batches == [1] and not out.exists() and not list(tmp_path.glob(".features.pt.*"))
 
 
 def test_held_out_vehicles_are_extracted_training_images_are_not(trained, tmp_path):
     out = tmp_path / "with-val.pt"
-    extract(trained / "run" / "model.pt", trained / "m.parquet", out, alpha=0.5, workers=0, progress=False)
+    extract(trained / "run" / "model.pt", trained / "m.parquet", out, workers=0, progress=False)
     frame, _ = read_manifest(trained / "m.parquet")
     assert (frame["split"] == "val").any()
     paths = set(load_features(out)["paths"])
@@ -170,12 +173,12 @@ def test_vehicleid_protocols_limit_extraction_to_their_test_lists(tmp_path):
     make_manifest("vehicleid", REPO / "tests/fixtures/vehicleid", tmp_path / "v.parquet")
     frame, _ = read_manifest(tmp_path / "v.parquet")
     test = frame[frame["split"] == "test"]
-    assert evaluation_paths(frame) == list(test["path"])
-    assert evaluation_paths(frame, ["vehicleid-2"]) == list(test.loc[test["in_test_2"].astype(bool), "path"])
-    assert len(evaluation_paths(frame, ["vehicleid-2"])) < len(evaluation_paths(frame, ["vehicleid-2", "vehicleid-4"]))
-    assert evaluation_paths(frame, ["vehicleid-2", "vehicleid-4"]) == list(test["path"])  # the lists are nested
-    with pytest.raises(AgnetError, match=r"protocol vehicleid-800: no such test list in the manifest \(lists: \[2, 4\]\)"):
-        evaluation_paths(frame, ["vehicleid-800"])
+    assert evaluated_images(frame) == list(test["path"])
+    assert evaluated_images(frame, ["vehicleid-2"]) == list(test.loc[test["in_test_2"].astype(bool), "path"])
+    assert len(evaluated_images(frame, ["vehicleid-2"])) < len(evaluated_images(frame, ["vehicleid-2", "vehicleid-4"]))
+    assert evaluated_images(frame, ["vehicleid-2", "vehicleid-4"]) == list(test["path"])  # the lists are nested
+    with pytest.raises(AgnetError, match=r"no test_list_800.txt in this dataset \(lists: \[2, 4\]\)"):
+        evaluated_images(frame, ["vehicleid-800"])
 
 
 def test_descriptor_rows_equal_the_scaled_matrix_for_every_index_form():

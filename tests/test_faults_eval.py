@@ -201,7 +201,7 @@ def _mutated(features_path, path, change):
     (lambda f, p: _mutated(f, p, lambda s: s.update(paths=s["paths"][:-3])), r"Attr has \d+ rows for \d+ paths"),
     (lambda f, p: _mutated(f, p, lambda s: s["paths"].__setitem__(1, s["paths"][0])), r"1 duplicate path"),
     (lambda f, p: _mutated(f, p, lambda s: s.pop("ID")), r"descriptor ID missing"),
-    (lambda f, p: _mutated(f, p, lambda s: s.update(All_norm=s["All_norm"][:2])), r"All_norm does not match"),
+    (lambda f, p: _mutated(f, p, lambda s: s.update(ID_norm=s["ID_norm"][:2])), r"ID_norm does not match"),
     (lambda f, p: _mutated(f, p, lambda s: s.pop("provenance")), r"not a features file"),
     (lambda f, p: None, r"features file not found"),
 ])

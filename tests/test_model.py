@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agnet.model import AGNet, build_trunk, descriptors, trunk_channels
+from agnet.model import AGNet, branch_descriptors, build_trunk, trunk_channels
 
 
 def tiny(num_classes=7, colors=5, types=4, dim=32, backbone="resnet18_narrow"):
@@ -68,11 +68,16 @@ def test_layer4_copies_start_equal_and_are_independent():
 
 
 def test_descriptors_follow_eq5():
+    from agnet.extract import fuse_all
+
     out = tiny().eval()(torch.randn(2, 3, 64, 64))
-    d = descriptors(out, alpha=0.25)
-    assert d["All"].shape == (2, 64)
-    torch.testing.assert_close(d["All"][:, 32:], 0.75 * out["e_id"])
+    d = branch_descriptors(out)
+    assert set(d) == {"Attr", "ID"}
     assert torch.equal(d["Attr"], out["e_attr"]) and torch.equal(d["ID"], out["e_id"])
+    fused = fuse_all(d["Attr"], d["ID"], alpha=0.25)
+    assert fused.shape == (2, 64)
+    assert torch.equal(fused[:, :32], out["e_attr"])
+    torch.testing.assert_close(fused[:, 32:], 0.75 * out["e_id"])
 
 
 def test_unknown_backbone_is_rejected():

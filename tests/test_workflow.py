@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from agnet.data.constants import release_twin_test_size
 from agnet.data.manifest import read_manifest
+from agnet.settings import load_plan
 from tests.conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -54,13 +56,17 @@ def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
     done = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     counts = _job_counts(done.stdout)
-    assert counts["total"] == "49" and counts["train"] == counts["extract"] == counts["evaluate"] == "12"
+    assert counts["total"] == "61" and counts["train"] == counts["extract"] == counts["evaluate"] == "12"
+    # one settings document per variant (3), per dataset and stage (2 x 2) and per report job (5)
+    assert counts["settings"] == "12"
     for rule in ("synthesize", "verify", "manifest", "aggregate", "tables", "claims", "figures_cmc",
                  "figures_illustrations", "figures_training"):
         assert counts[rule] in ("1", "2"), rule
     shells = [line for line in done.stdout.splitlines() if "python -m agnet train " in line]
     assert len(shells) == 12 and all("--threads 1 " in line for line in shells)
-    assert all("workflow/configs/demo.yaml" in line for line in shells)
+    # the job reads its variant's settings document, never the YAML files; how it runs is in its flags
+    assert all("--settings results/settings/train/" in line and ".yaml" not in line for line in shells)
+    assert all("--workers 0 --log-every 5 " in line for line in shells)
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
@@ -314,9 +320,13 @@ def test_rehearsal_plans_the_paper_protocol_at_release_size_with_every_job_bench
 
     assert all("--release-scale 1.0 " in job for job in shells("synthesize"))  # the releases' exact counts
     assert all("--strict" in job for job in shells("verify")) and len(shells("verify")) == 2
-    assert all("rehearsal.yaml" in job and "offline.yaml" in job for job in shells("train"))
-    # VehicleID's extraction covers its test lists only; VeRi's reads every evaluation image (no flag)
-    assert [("--protocol vehicleid-" in job) for job in shells("extract")].count(True) == 1
-    assert [("--protocol" in job) for job in shells("extract")].count(True) == 1
+    assert all("--settings results/settings/train/agnet_asl.json" in job for job in shells("train"))
+    plan = load_plan(REPO / "config.yaml", *configs)
+    assert plan.document("train/agnet_asl")["settings"]["max_steps"] == 50  # the rehearsal's cut reaches the job
+    assert plan.document("train/agnet_asl")["settings"]["pretrained"] == "none"  # and the offline overlay
+    # VehicleID's extraction covers its test lists only; VeRi's reads every evaluation image
+    assert plan.document("extract/vehicleid-release")["settings"]["images"] == [
+        f"vehicleid-{release_twin_test_size(n, 1.0)}" for n in (800, 1600, 2400, 3200)]
+    assert plan.document("extract/veri-release")["settings"]["images"] == "all"
     settings = yaml.safe_load((REPO / "workflow/configs/rehearsal.yaml").read_text())
     assert settings["training"]["max_steps"] > 0 and settings["datasets"]["veri-release"]["strict"] is True

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agnet.atomic import write_text
 from agnet.data.constants import HOW_TO_OBTAIN
 from agnet.data.vehicleid import VehicleIdDataset, read_vehicleid
 from agnet.data.veri import VeriDataset, read_veri
 from agnet.errors import DatasetFormatError, DatasetMissingError
+from agnet.fileio import locate, relative_location, write_text
 
 FORMATS = ("veri", "vehicleid")
 READERS = {"veri": read_veri, "vehicleid": read_vehicleid}
@@ -34,7 +34,8 @@ def check_format(fmt: str) -> str:
 
 def write_locator(path: str | Path, fmt: str, root: Path, source: dict) -> None:
     """Atomically write the ``dataset.json`` locator for a dataset root."""
-    record = {"format": check_format(fmt), "root": str(Path(root).resolve()), "source": source}
+    record = {"format": check_format(fmt), "root": str(Path(root).resolve()),
+              "root_relative": relative_location(root, path), "source": source}
     write_text(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -44,7 +45,7 @@ def resolve_root(fmt: str, root_or_locator: str | Path) -> Path:
     if path.is_file() and path.suffix == ".json":
         try:
             record = json.loads(path.read_text())
-            located_fmt, path = record["format"], Path(record["root"])
+            located_fmt, path = record["format"], locate(record["root"], record.get("root_relative"), path)
         except (ValueError, KeyError, TypeError) as error:
             raise DatasetFormatError(path, f"not a dataset locator with 'format' and 'root' ({error})") from None
         if located_fmt != fmt:

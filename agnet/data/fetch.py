@@ -1,8 +1,7 @@
 """Download and unpack dataset archives safely.
 
-Three jobs, each with its own entry point:
+Two jobs, each with its own entry point (checksums: :func:`agnet.fileio.sha256_file`):
 
-* :func:`sha256_file` -- checksum a file in bounded memory.
 * :func:`download` -- fetch an ``http``/``https`` URL into a file, resuming an interrupted
   transfer from its ``.part`` file with an HTTP ``Range`` request, retrying transient failures
   with exponential backoff, and verifying a SHA-256 before the file appears under its final
@@ -17,7 +16,6 @@ was expected.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -40,10 +38,11 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from agnet import atomic
+from agnet import fileio
 from agnet.errors import FetchError
+from agnet.fileio import sha256_file
 
-__all__ = ["EXTRACTED_MARKER", "SUPPORTED_ARCHIVE_SUFFIXES", "download", "extract_archive", "sha256_file"]
+__all__ = ["EXTRACTED_MARKER", "SUPPORTED_ARCHIVE_SUFFIXES", "download", "extract_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +61,6 @@ _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORE
 # --------------------------------------------------------------------------------------------
 # checksums
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the lowercase hexadecimal SHA-256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _normalise_sha256(sha256: str | None) -> str | None:
@@ -415,7 +405,7 @@ def extract_archive(archive: Path, target: Path, sha256: str | None = None) -> P
             _extract_zip(archive, staging)
         else:
             _extract_tar(archive, staging)
-        atomic.write_text(staging / EXTRACTED_MARKER, json.dumps(identity, indent=2) + "\n")
+        fileio.write_text(staging / EXTRACTED_MARKER, json.dumps(identity, indent=2) + "\n")
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from agnet.atomic import atomic_path
 from agnet.data.datasets import read_dataset, resolve_root
+from agnet.fileio import atomic_path
 
 CELL = 112  # pixels, square cells
 LABEL_W = 110

@@ -34,10 +34,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agnet.atomic import atomic_path
 from agnet.data.datasets import Dataset, read_dataset
 from agnet.data.vehicleid import VehicleIdDataset
 from agnet.errors import AgnetError, DatasetFormatError
+from agnet.fileio import atomic_path, locate, relative_location
 
 METADATA_KEY = b"agnet"
 TRAIN_FILTERS = ("attribute-labelled", "all")
@@ -139,9 +139,11 @@ def _holdout(train_ids: pd.Series, count: int, seed: int) -> list[int]:
 
 
 def write_manifest(frame: pd.DataFrame, metadata: dict, path: str | Path) -> None:
-    """Atomically write ``frame`` to Parquet with ``metadata`` under the ``agnet`` schema key."""
+    """Atomically write ``frame`` to Parquet with ``metadata`` under the ``agnet`` schema key (the root also
+    relative to the manifest's folder when it lies under it: :func:`agnet.fileio.locate`)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     merged = dict(table.schema.metadata or {})
+    metadata = {**metadata, "root_relative": relative_location(metadata["root"], path)}
     merged[METADATA_KEY] = json.dumps(metadata).encode()
     with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(merged), tmp)
@@ -157,7 +159,10 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise DatasetFormatError(path, "Parquet file lacks the 'agnet' metadata (was it written by agnet?)")
-    return table.to_pandas(), json.loads(raw)
+    metadata = json.loads(raw)
+    if "root" in metadata:
+        metadata["root"] = str(locate(metadata["root"], metadata.get("root_relative"), path))
+    return table.to_pandas(), metadata
 
 
 def make_manifest(fmt: str, root: str | Path, output: str | Path, train_vehicles: str = "attribute-labelled",

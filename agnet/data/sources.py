@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from agnet.atomic import write_text
 from agnet.data.constants import HOW_TO_OBTAIN
 from agnet.data.datasets import find_root, resolve_root, write_locator
-from agnet.data.fetch import download, extract_archive, sha256_file
+from agnet.data.fetch import download, extract_archive
 from agnet.errors import DatasetMissingError, FetchError
+from agnet.fileio import sha256_file, write_text
 
 SOURCE_KINDS = ("url", "archive", "directory")
 

@@ -281,17 +281,23 @@ def _check_attribute_ranges(dataset: VeriDataset, root: Path) -> None:
 
 
 def junk_rule_index(dataset: VeriDataset) -> tuple[list[list[int]], list[list[int]]]:
-    """gt/jk lists rebuilt from the protocol rule: same vehicle & other camera -> gt; same camera -> junk.
+    """gt/jk lists rebuilt from the protocol's junk rule (:func:`agnet.protocols.junk`): same vehicle and another
+    camera -> gt; same vehicle and camera -> junk.
 
     Returns 0-based gallery positions per query; equal to the official files on the real dataset.
     """
-    gallery = dataset.split("gallery")
-    by_vehicle: dict[int, list[VeriImage]] = {}
-    for image in gallery:
-        by_vehicle.setdefault(image.vehicle_id, []).append(image)
+    import numpy as np
+
+    from agnet.protocols import junk
+
+    gallery, queries = dataset.split("gallery"), dataset.split("query")
+    g_ids = np.array([g.vehicle_id for g in gallery])
+    g_cams = np.array([g.camera_id for g in gallery])
+    positions = np.array([g.list_index for g in gallery])
     gt, jk = [], []
-    for query in dataset.split("query"):
-        same = by_vehicle.get(query.vehicle_id, [])
-        gt.append([g.list_index for g in same if g.camera_id != query.camera_id])
-        jk.append([g.list_index for g in same if g.camera_id == query.camera_id])
+    for query in queries:
+        same = g_ids == query.vehicle_id
+        skip = junk([query.vehicle_id], [query.camera_id], g_ids, g_cams)[0]
+        gt.append(positions[same & ~skip].tolist())
+        jk.append(positions[skip].tolist())
     return gt, jk

@@ -18,12 +18,12 @@ from typing import Any
 from PIL import Image
 
 from agnet import __version__
-from agnet.atomic import write_text
 from agnet.data.constants import VEHICLEID_PUBLISHED, VERI_PUBLISHED
 from agnet.data.datasets import Dataset, read_dataset, resolve_root
 from agnet.data.vehicleid import VehicleIdDataset
 from agnet.data.veri import VeriDataset, junk_rule_index
 from agnet.errors import AgnetError
+from agnet.fileio import write_text
 
 MAX_LISTED = 20  # problems listed by name per category; the count is always complete
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.special import stdtrit  # the Student-t quantile (scipy.stats costs a second to import)
 
-from agnet.atomic import write_text
+from agnet.fileio import write_text
 from agnet.report.paper import (
     ROMAN,
     CellRef,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.fileio import atomic_path
 from agnet.report.paper import single_row_descriptors
 
 VARIANT_LABELS = {"only_id": "Only-ID", "agnet_ce": "AGNet-CE", "agnet_asl": "AGNet-ASL"}
@@ -272,12 +272,14 @@ def _descriptor_label(features: dict[str, Any], descriptor: str) -> str:
     return row_label(variant, descriptor) if variant else descriptor
 
 
-def _load(features_path, manifest_path) -> tuple[dict[str, Any], pd.DataFrame, dict]:
+def _load(features_path, manifest_path, alpha: float) -> tuple[dict[str, Any], pd.DataFrame, dict]:
     from agnet.data.manifest import read_manifest
-    from agnet.extract import load_features
+    from agnet.extract import check_features, load_features
 
     frame, meta = read_manifest(manifest_path)
-    return load_features(features_path), frame, meta
+    features = load_features(features_path, alpha=alpha)
+    check_features(features, features_path, manifest_path=manifest_path)
+    return features, frame, meta
 
 
 # ------------------------------------------------------------------------------------------- t-SNE
@@ -311,7 +313,7 @@ def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
 
 def tsne_figure(features_path: str | Path, manifest_path: str | Path, out_stem: str | Path, *,
                 descriptor: str = "All", max_points: int = 1500, seed: int = 0, title_note: str = "",
-                legend_types: int = 10) -> list[Path]:
+                legend_types: int = 10, alpha: float = 0.5) -> list[Path]:
     """Fig. 7: t-SNE (init PCA, ``random_state=seed``) of the evaluation images' L2-normalised descriptors
     (VeRi: gallery; VehicleID: test), images with both a colour and a type label, at most ``max_points``
     (a seeded subsample); left panel coloured by colour, right by type (the ``legend_types`` most
@@ -319,7 +321,7 @@ def tsne_figure(features_path: str | Path, manifest_path: str | Path, out_stem: 
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    features, frame, meta = _load(features_path, manifest_path)
+    features, frame, meta = _load(features_path, manifest_path, alpha)
     rows, split = _evaluation_rows(frame, meta)
     rows = rows[rows["path"].isin(set(features["paths"]))].drop_duplicates("path")
     rows = rows[rows["color_id"].notna() & rows["type_id"].notna()].reset_index(drop=True)
@@ -414,22 +416,25 @@ def _cell_image(path: Path, size: tuple[int, int], border: str | None, width: in
 
 def retrieval_figure(features_path: str | Path, manifest_path: str | Path, out_stem: str | Path, *,
                      descriptor: str = "All", n_queries: int = 5, top_k: int = 10, seed: int = 0,
-                     protocol: str | None = None, distance: str = "euclidean", title_note: str = "") -> list[Path]:
+                     protocol: str | None = None, distance: str = "euclidean", title_note: str = "",
+                     alpha: float = 0.5) -> list[Path]:
     """Fig. 8: ``n_queries`` queries (distinct vehicles, seeded, each with a true match) with their ``top_k``
     gallery images; green frame = same vehicle, red = another vehicle. The split, the distance and the junk
-    rule are the evaluation's own (:func:`agnet.evaluate.query_gallery`, :func:`agnet.retrieval.top_k`);
+    rule are the evaluation's own (:func:`agnet.protocols.query_gallery`, :func:`agnet.retrieval.top_k`);
     ``protocol`` defaults to ``veri`` on VeRi and trial 0 of the smallest test list on VehicleID."""
-    from agnet.evaluate import features_of, has_true_match, query_gallery
+    from agnet.evaluate import features_of
+    from agnet.protocols import has_true_match, manifest_test_lists, query_gallery
+    from agnet.protocols import vehicleid as vehicleid_protocol
     from agnet.retrieval import top_k as retrieve
 
-    features, frame, meta = _load(features_path, manifest_path)
+    features, frame, meta = _load(features_path, manifest_path, alpha)
     root = Path(meta["root"])
     if protocol is None:
         if meta.get("format") == "vehicleid" or "test" in set(frame["split"]):
-            sizes = sorted(int(c.removeprefix("in_test_")) for c in frame if c.startswith("in_test_"))
+            sizes = manifest_test_lists(frame)
             if not sizes:
                 raise AgnetError(f"{manifest_path}: the VehicleID manifest has no test list (in_test_<N> column)")
-            protocol = f"vehicleid-{sizes[0]}"
+            protocol = vehicleid_protocol(sizes[0])
         else:
             protocol = "veri"
     query, gallery, cams = query_gallery(frame, protocol)

@@ -2,8 +2,9 @@
 
 Each table is written as LaTeX (booktabs, a ``table`` environment ready to ``\\input``, best
 published value per column in bold as in the paper) and as markdown. The caption states the
-dataset, protocol, distance, seeds and trials, and whether the data is the real dataset or a
-synthetic twin — a table made from synthetic data says so in its caption and title row.
+dataset, protocol, distance, seeds and trials — the seeds, trials and distance as the summary's rows record them,
+never as a configuration says they should be — and whether the data is the real dataset or a synthetic twin: a
+table made from synthetic data says so in its caption and title row.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from agnet.atomic import write_text
-from agnet.data.constants import synthetic_stand_ins
 from agnet.errors import AgnetError
+from agnet.fileio import write_text
 from agnet.report.paper import load_paper, parse_value
 
 METRIC_KEYS = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
@@ -43,6 +43,7 @@ def group_protocols(dataset_format: str, groups: list, available: list[str],
     """
     if dataset_format == "veri":
         return ["veri"]
+    stand_ins = {int(k): int(v) for k, v in (stand_ins or {}).items()}  # JSON documents key them by text
     protocols = []
     for size in groups:
         protocol = f"vehicleid-{stand_ins[size] if stand_ins else size}"
@@ -149,21 +150,37 @@ def to_markdown(table_id: str, table: dict, labels: list[str], rows: list[list[C
     return f"**Table {table_id.removeprefix('table')}.** {caption}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def caption_for(table_id: str, table: dict, context: dict[str, Any]) -> str:
-    """The paper's title plus what the reader must know: data, protocol, distance, seeds, trials."""
+def _recorded(summary: pd.DataFrame, dataset: str, column: str) -> str:
+    """The values of ``column`` in the summary rows of ``dataset`` as text ("2", "1–3", or "?" if absent)."""
+    if column not in summary:
+        return "?"
+    values = sorted({v for v in summary.loc[summary["dataset"] == dataset, column].dropna()})
+    if not values:
+        return "?"
+    if all(isinstance(v, (int, float)) for v in values):
+        low, high = (int(v) if float(v).is_integer() else v for v in (values[0], values[-1]))
+        return f"{low}" if low == high else f"{low}–{high}"
+    return " / ".join(map(str, values))
+
+
+def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd.DataFrame) -> str:
+    """The paper's title plus what the reader must know: data, protocol, distance, seeds, trials (the last three
+    as ``summary`` records them for the dataset)."""
     parts = [table["title"].rstrip(".")]
     if context["synthetic"]:
         parts.append(SYNTHETIC_NOTE + ".")
-    parts.append(f"Ours: dataset '{context['dataset']}', mean ± std over {context['seeds']} seed(s)")
+    dataset = context["dataset"]
+    parts.append(f"Ours: dataset '{dataset}', mean ± std over {_recorded(summary, dataset, 'seeds')} seed(s)")
     if table["dataset"] == "vehicleid":
-        parts.append(f"each the mean of {context['trials']} random gallery draws (one image per vehicle)")
+        parts.append(f"each the mean of {_recorded(summary, dataset, 'trials')} random gallery draws "
+                     "(one image per vehicle)")
         if context.get("stand_ins"):
             lists = ", ".join(f"{twin} for {paper}" for paper, twin in context["stand_ins"].items())
             parts.append(f"the twin's test lists of N vehicles stand in for the paper's sizes ({lists}; "
                          "each the same quarter of the test vehicles)")
     else:
         parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
-    parts.append(f"distance: {context['distance']}; mAP: non-interpolated (open re-ID toolboxes)")
+    parts.append(f"distance: {_recorded(summary, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
     return "; ".join(parts) + "."
 
 
@@ -187,7 +204,7 @@ def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out
         if context is None:
             raise AgnetError(f"{table_id} needs a {table['dataset']} dataset in the run")
         labels, rows, rules = build_rows(table, summary, context["dataset"], context.get("stand_ins"))
-        caption = caption_for(table_id, table, context)
+        caption = caption_for(table_id, table, context, summary)
         number = table_id.removeprefix("table")
         line = source_line(source)
         tex = to_latex(table, labels, rows, rules, caption, f"tab:agnet-{number}") + (f"% {line}\n" if line else "")
@@ -198,19 +215,3 @@ def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out
             written.append(path)
     return written
 
-
-def contexts_from_config(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Format (veri/vehicleid) -> what the captions state, for the first dataset of each format in ``run``."""
-    evaluation = config["evaluation"]
-    distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[evaluation["distance"]]
-    contexts: dict[str, dict[str, Any]] = {}
-    for name in config["run"]:
-        entry = config["datasets"][name]
-        synthetic = entry["source"]["kind"] == "synthetic"
-        contexts.setdefault(entry["format"], {
-            "dataset": name, "synthetic": synthetic, "seeds": len(config["seeds"]),
-            "trials": evaluation["vehicleid_trials"], "distance": distance,
-            "stand_ins": synthetic_stand_ins(entry["source"])
-            if synthetic and entry["format"] == "vehicleid" else None,
-        })
-    return contexts

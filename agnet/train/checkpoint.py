@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.fileio import atomic_path
+from agnet.settings import OPERATIONAL as OPERATIONAL_SETTINGS
 
-# Settings that change how a run executes, not what it computes: they may differ on resume.
-OPERATIONAL = frozenset({"workers", "log_every", "decoded_cache", "compile"})
+# Settings that change how a run executes, not what it computes (agnet.settings.OPERATIONAL): they may differ on
+# resume, as they never trigger a rerun.
+OPERATIONAL = frozenset(OPERATIONAL_SETTINGS["training"])
 # Settings that may differ on resume when asked for (``--allow-changed``): the schedule, not the model.
 CHANGEABLE = ("lr", "lr_milestones", "lr_gamma", "epochs", "max_steps")
 

@@ -54,8 +54,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from agnet.atomic import atomic_path
 from agnet.errors import AgnetError
+from agnet.fileio import atomic_path
 from agnet.images import _MEAN, _STD, IMAGENET_MEAN, IMAGENET_STD, ImageError, load_resized, to_tensor  # noqa: F401
 
 _PLAN_TAG = 0x504C414E  # "PLAN": separates the plan stream from the augmentation stream

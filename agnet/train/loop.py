@@ -42,14 +42,20 @@ import torch
 from tqdm import tqdm
 
 from agnet import __version__
-from agnet.atomic import write_text
-from agnet.data.fetch import sha256_file
 from agnet.data.manifest import read_manifest
 from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
+from agnet.fileio import sha256_file, write_text
 from agnet.losses import LossWeights, total_loss
 from agnet.model import AGNet, build_trunk
-from agnet.train.checkpoint import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from agnet.train.checkpoint import (
+    OPERATIONAL,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from agnet.train.data import PairSampler, TrainSet, choose_cache, make_loader, normalise_on_device
 from agnet.train.settings import TrainSettings
 from agnet.weights import load_pretrained
@@ -520,7 +526,8 @@ def _finish_run(settings: TrainSettings, model: AGNet, out_dir: Path, rows: list
     """Write model.pt, train_log.csv and run.json, then remove the checkpoint."""
     truncated = steps < total_steps
     record = {
-        "settings": settings.to_dict(), "seed": seed, "manifest": str(manifest), "manifest_sha256": manifest_sha256,
+        "settings": settings.to_dict(), "operational_settings": sorted(OPERATIONAL), "seed": seed,
+        "manifest": str(manifest), "manifest_sha256": manifest_sha256,
         "training_data_sha256": data_sha256,
         "num_classes": train_set.num_classes, "color_names": meta["color_names"], "type_names": meta["type_names"],
         "dataset_format": meta["format"], "attributes_used": settings.uses_attributes,

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from agnet.data import fetch
-from agnet.data.fetch import download, extract_archive, sha256_file
+from agnet.data.fetch import download, extract_archive
 from agnet.errors import FetchError
+from agnet.fileio import sha256_file
 
 PAYLOAD = bytes(range(256)) * 400  # 102400 bytes, position-dependent content
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

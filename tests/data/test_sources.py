@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from agnet.data.datasets import read_dataset
-from agnet.data.fetch import sha256_file
 from agnet.data.sources import obtain
 from agnet.errors import DatasetMissingError, FetchError
+from agnet.fileio import sha256_file
 
 
 @pytest.fixture

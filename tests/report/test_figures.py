@@ -14,6 +14,7 @@ from agnet.data.manifest import make_manifest, read_manifest
 from agnet.data.synth.vehicleid import synth_vehicleid
 from agnet.data.synth.veri import synth_veri
 from agnet.errors import AgnetError
+from agnet.fileio import sha256_file
 from agnet.report import figures
 from agnet.report.figures import (
     VARIANT_LABELS,
@@ -182,8 +183,7 @@ def fake_features(manifest: Path, out: Path, dim: int = 16) -> Path:
     attr = np.stack([centres[vehicle[p]] + 0.3 * rng.normal(size=dim) for p in paths]).astype(np.float16)
     ident = np.stack([centres[vehicle[p]] + 0.3 * rng.normal(size=dim) for p in paths]).astype(np.float16)
     torch.save({"paths": paths, "Attr": torch.from_numpy(attr), "ID": torch.from_numpy(ident),
-                "All": torch.from_numpy(np.concatenate([attr, ident], axis=1)),
-                "provenance": {"variant": "agnet_asl"}}, out)
+                "provenance": {"variant": "agnet_asl", "manifest_sha256": sha256_file(manifest)}}, out)
     return out
 
 
@@ -218,6 +218,16 @@ def test_tsne_figure_rejects_unknown_descriptor(veri_twin, tmp_path):
     features, manifest = veri_twin
     with pytest.raises(AgnetError, match="descriptor"):
         tsne_figure(features, manifest, tmp_path / "x", descriptor="Colour")
+
+
+def test_figures_refuse_features_of_another_manifest(veri_twin, vehicleid_twin, tmp_path):
+    """Features illustrated with a manifest they were not extracted from are refused by their recorded hash, naming
+    the cause (not a confusing missing-image error later)."""
+    vehicleid_features, _ = vehicleid_twin
+    _, veri_manifest = veri_twin
+    for figure in (tsne_figure, retrieval_figure):
+        with pytest.raises(AgnetError, match=r"stale features: they were extracted from another manifest"):
+            figure(vehicleid_features, veri_manifest, tmp_path / "x")
 
 
 @pytest.mark.parametrize("twin", ["veri_twin", "vehicleid_twin"])

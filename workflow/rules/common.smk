@@ -1,4 +1,4 @@
-# Shared helpers: config validation, dataset lookups and the target list.
+# Shared helpers: the plan (config checked, every stage's settings resolved), dataset lookups, the target list.
 import os
 import re
 import shlex
@@ -9,17 +9,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 # The agnet imports need the checkout on sys.path (above).
-from agnet.config import figure_run, validate_config  # noqa: E402
-from agnet.data.constants import release_twin_test_size, twin_test_sizes  # noqa: E402
 from agnet.errors import ConfigError  # noqa: E402
-from agnet.train.settings import resolve_settings  # noqa: E402
+from agnet.fileio import write_text  # noqa: E402
+from agnet.settings import plan as resolve_plan  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
+# The merged configuration (config files and --config overrides) checked and resolved once, by the function
+# `agnet config check` runs: every stage's settings document (results/settings/, rule `settings`) and the
+# operational flags. Jobs read their document, never the YAML files.
 try:
-    validate_config(config, source="config")  # the same checks as `agnet config check`
-    FIGURE_VARIANT, FIGURE_SEED = figure_run(config)
+    PLAN = resolve_plan(config, source="config")
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration:\n{error}") from None
+FIGURE_VARIANT, FIGURE_SEED = PLAN.figure_run
 
 # Rules call the package's CLI (`python -m agnet`). Jobs inherit this environment: PYTHONPATH makes
 # the checkout importable inside --use-conda environments and on cluster nodes, and PATH starts with
@@ -37,10 +39,6 @@ os.environ.update(
 # here is inherited by the shell; `agnet train` installs its own handler, checkpoints and exits.
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-# Config files in merge order (the workflow's own first); `agnet train` merges them the same way.
-CONFIG_FILES = [str(Path(workflow.basedir, "config.yaml").resolve())] + [
-    str(Path(p).resolve()) for p in workflow.overwrite_configfiles
-]
 DATASETS = {name: config["datasets"][name] for name in config["run"]}
 SYNTHETIC = [n for n, d in DATASETS.items() if d["source"]["kind"] == "synthetic"]
 EXTERNAL = [n for n, d in DATASETS.items() if d["source"]["kind"] != "synthetic"]
@@ -78,65 +76,56 @@ def synth_size_args(wildcards):
     return args
 
 
-def variant_settings(wildcards):
-    """Resolved training settings of the {variant} wildcard (a change re-triggers training)."""
-    return resolve_settings(config, wildcards.variant).to_dict()
+def settings_file(stage, name):
+    """The settings document of a stage's job (written by rule `settings`), e.g. train/agnet_asl."""
+    return f"results/settings/{stage}/{name}.json"
+
+
+def settings_text(wildcards):
+    """The document of results/settings/{stage}/{name}.json, as text: the `settings` rule's only parameter."""
+    return PLAN.text(f"{wildcards.stage}/{wildcards.name}")
+
+
+def write_settings(path, text, log):
+    """Rule `settings`: write one document atomically (in the Snakemake process: no job start-up) and log it."""
+    write_text(path, text)
+    write_text(log, f"wrote {path} ({len(text)} bytes)\n")
+
+
+def operational_flags(stage):
+    """Params function: the command-line flags saying how a train or extract job runs (workers, log_every, ...:
+    agnet.settings.OPERATIONAL) and its threads. A params function of `threads` counts as derived from the job's
+    resources, and Snakemake leaves derived params out of its rerun trigger: changing one of these reruns nothing
+    (tests/test_rerun.py checks it), while every result-affecting setting is in a settings document.
+    """
+    flags = PLAN.flags(stage)
+    return lambda wildcards, threads: f"{flags} --threads {threads}"
+
+
+def train_settings(wildcards):
+    return settings_file("train", wildcards.variant)
+
+
+def dataset_settings(stage):
+    """Input function: the {ds} wildcard's settings document of `stage` (extract or evaluate)."""
+    return lambda wildcards: settings_file(stage, wildcards.ds)
 
 
 def weights_input(wildcards):
     """The ImageNet weights (record and folder) a run needs, if its variant starts from ImageNet."""
-    settings = resolve_settings(config, wildcards.variant)
-    if settings.pretrained != "imagenet":
+    settings = PLAN.document(f"train/{wildcards.variant}")["settings"]
+    if settings["pretrained"] != "imagenet":
         return []
     return [
-        f"results/weights/{settings.backbone}.json",
-        f"results/weights/{settings.backbone}",
+        f"results/weights/{settings['backbone']}.json",
+        f"results/weights/{settings['backbone']}",
     ]
 
 
 def weights_cache(wildcards):
     """Folder `agnet train` reads the ImageNet weights of the run's backbone from."""
-    return f"results/weights/{resolve_settings(config, wildcards.variant).backbone}"
-
-
-def config_args(wildcards):
-    """`--config` flags reproducing this workflow's merged configuration."""
-    return " ".join(f"--config {shlex.quote(path)}" for path in CONFIG_FILES)
-
-
-def protocols(ds):
-    """Evaluation protocols of a dataset: VeRi (+ STR) or one per VehicleID test list."""
-    entry = config["datasets"][ds]
-    evaluation = config["evaluation"]
-    if entry["format"] == "veri":
-        return ["veri"] + (["veri-str"] if evaluation["str"]["enabled"] else [])
-    if "release_scale" in entry["source"]:
-        # the twin's lists standing for the configured release lists
-        scale = entry["source"]["release_scale"]
-        sizes = [
-            release_twin_test_size(size, scale)
-            for size in evaluation["vehicleid_test_sizes"]
-        ]
-    elif entry["source"]["kind"] == "synthetic":
-        sizes = twin_test_sizes(entry["source"]["vehicles"])
-    else:
-        sizes = evaluation["vehicleid_test_sizes"]
-    return [f"vehicleid-{size}" for size in sizes]
-
-
-def extract_flags(wildcards):
-    """`--protocol` flags of a dataset's VehicleID test lists: the images its extract job covers (VeRi's
-    protocols read every evaluation image, so STR on or off does not re-extract)."""
-    lists = [p for p in protocols(wildcards.ds) if p.startswith("vehicleid-")]
-    return " ".join(f"--protocol {p}" for p in lists)
-
-
-def evaluate_flags(wildcards):
-    """Every descriptor x protocol of the run, stated explicitly (one evaluate job per trained run)."""
-    return " ".join(
-        [f"--descriptor {d}" for d in config["evaluation"]["descriptors"]]
-        + [f"--protocol {p}" for p in protocols(wildcards.ds)]
-    )
+    backbone = PLAN.document(f"train/{wildcards.variant}")["settings"]["backbone"]
+    return f"results/weights/{backbone}"
 
 
 def runs():

@@ -11,6 +11,7 @@ rule extract:
     input:
         model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
         manifest="results/data/{ds}/manifest.parquet",
+        settings=dataset_settings("extract"),
     output:
         features="results/runs/{ds}/{variant}/seed{seed}/features.pt",
     log:
@@ -27,12 +28,10 @@ rule extract:
         runtime=120,
         gpu=1,
     params:
-        configs=config_args,
-        protocols=extract_flags,
+        operational=operational_flags("extract"),
     shell:
-        "python -m agnet extract {params.configs} --model {input.model:q} --manifest {input.manifest:q}"
-        " --out {output.features:q} --dataset {wildcards.ds:q} {params.protocols} --threads {threads} --no-progress"
-        " > {log:q} 2>&1"
+        "python -m agnet extract --settings {input.settings:q} --model {input.model:q} --manifest {input.manifest:q}"
+        " --out {output.features:q} {params.operational} --no-progress > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -40,6 +39,7 @@ rule evaluate:
         features="results/runs/{ds}/{variant}/seed{seed}/features.pt",
         manifest="results/data/{ds}/manifest.parquet",
         model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
+        settings=dataset_settings("evaluate"),
     output:
         metrics="results/runs/{ds}/{variant}/seed{seed}/metrics.json",
     log:
@@ -54,12 +54,9 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=60,
-    params:
-        configs=config_args,
-        flags=evaluate_flags,
     shell:
-        "python -m agnet evaluate {params.configs} --features {input.features:q} --manifest {input.manifest:q}"
-        " --model {input.model:q} {params.flags} -o {output.metrics:q} > {log:q} 2>&1"
+        "python -m agnet evaluate --settings {input.settings:q} --features {input.features:q}"
+        " --manifest {input.manifest:q} --model {input.model:q} -o {output.metrics:q} > {log:q} 2>&1"
 
 
 rule aggregate:

@@ -13,6 +13,7 @@ localrules:
 rule tables:
     input:
         summary="results/metrics/summary.csv",
+        settings=settings_file("report", "tables"),
     output:
         tex=expand("results/tables/table{n}.tex", n=range(1, 5)),
         md=report(
@@ -26,16 +27,15 @@ rule tables:
         "results/benchmarks/report/tables.tsv"
     conda:
         "../../environment.yml"
-    params:
-        configs=config_args,
     shell:
-        "python -m agnet report tables {params.configs} --summary {input.summary}"
-        " --out results/tables > {log} 2>&1"
+        "python -m agnet report tables --settings {input.settings:q} --summary {input.summary:q}"
+        " --out results/tables > {log:q} 2>&1"
 
 
 rule claims:
     input:
         runs="results/metrics/runs.csv",
+        settings=settings_file("report", "claims"),
     output:
         md=report(
             "results/claims.md", caption="../report/claims.rst", category="Claims"
@@ -47,16 +47,15 @@ rule claims:
         "results/benchmarks/report/claims.tsv"
     conda:
         "../../environment.yml"
-    params:
-        configs=config_args,
     shell:
-        "python -m agnet report claims {params.configs} --runs {input.runs}"
-        " --markdown {output.md} --json {output.json} > {log} 2>&1"
+        "python -m agnet report claims --settings {input.settings:q} --runs {input.runs:q}"
+        " --markdown {output.md:q} --json {output.json:q} > {log:q} 2>&1"
 
 
 rule figures_cmc:
     input:
         cmc="results/metrics/cmc.parquet",
+        settings=settings_file("report", "figures_cmc"),
     output:
         png=report(
             figure_files("cmc", "png"),
@@ -71,16 +70,16 @@ rule figures_cmc:
     conda:
         "../../environment.yml"
     params:
-        configs=config_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures {params.configs} --cmc {input.cmc:q}"
+        "python -m agnet report figures --settings {input.settings:q} --cmc {input.cmc:q}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figures_illustrations:
     input:
         **illustrated_inputs(),
+        settings=settings_file("report", "figures_illustrations"),
     output:
         png=report(
             figure_files("illustrations", "png"),
@@ -95,17 +94,17 @@ rule figures_illustrations:
     conda:
         "../../environment.yml"
     params:
-        configs=config_args,
         inputs=illustrate_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures {params.configs} {params.inputs}"
+        "python -m agnet report figures --settings {input.settings:q} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figures_training:
     input:
         logs=figure_train_logs(),
+        settings=settings_file("report", "figures_training"),
     output:
         png=report(
             figure_files("training", "png"),
@@ -120,9 +119,8 @@ rule figures_training:
     conda:
         "../../environment.yml"
     params:
-        configs=config_args,
         inputs=train_log_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures {params.configs} {params.inputs}"
+        "python -m agnet report figures --settings {input.settings:q} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -27,6 +27,7 @@ rule fetch_weights:
 rule train:
     input:
         manifest="results/data/{ds}/manifest.parquet",
+        settings=train_settings,
         weights=weights_input,
     output:
         model="results/runs/{ds}/{variant}/seed{seed}/model.pt",
@@ -46,11 +47,10 @@ rule train:
         runtime=24 * 60,
         gpu=1,
     params:
-        configs=config_args,
-        settings=variant_settings,
         run_dir=lambda wc, output: str(Path(output.model).parent),
         weights_cache=weights_cache,
+        operational=operational_flags("train"),
     shell:
-        "python -m agnet train {params.configs} --manifest {input.manifest}"
-        " --variant {wildcards.variant} --seed {wildcards.seed} --out {params.run_dir}"
-        " --weights-cache {params.weights_cache:q} --threads {threads} --resume --no-progress > {log} 2>&1"
+        "python -m agnet train --settings {input.settings:q} --manifest {input.manifest:q}"
+        " --seed {wildcards.seed} --out {params.run_dir:q} --weights-cache {params.weights_cache:q}"
+        " {params.operational} --resume --no-progress > {log:q} 2>&1"
