@@ -5,15 +5,20 @@
     agnet data verify {veri,vehicleid} ROOT [--strict] [-o REPORT.json]     (exit 0 = valid, 1 = invalid)
     agnet data manifest {veri,vehicleid} ROOT -o MANIFEST.parquet [--train-vehicles {attribute-labelled,all}] [--holdout-vehicles N]
     agnet data grid {veri,vehicleid} ROOT -o GRID.png
-    agnet train --config CONFIG [--config MORE] --manifest MANIFEST.parquet --variant VARIANT --seed S --out RUN_DIR [--resume]
-    agnet extract --config CONFIG --model RUN_DIR/model.pt --manifest MANIFEST.parquet --out FEATURES.pt [--dataset NAME]
-    agnet evaluate --config CONFIG --features FEATURES.pt --manifest MANIFEST.parquet [--model MODEL.pt] -o METRICS.json
-                   [--descriptor D ...] [--protocol P ...]      (default: every descriptor x protocol of the config)
+    agnet train (--settings DOC | --config CONFIG [--config MORE] --variant VARIANT) --manifest MANIFEST.parquet
+                --seed S --out RUN_DIR [--resume] [operational flags: --workers, --log-every, ...]
+    agnet extract (--settings DOC | --config CONFIG [--dataset NAME] [--protocol P ...]) --model RUN_DIR/model.pt
+                  --manifest MANIFEST.parquet --out FEATURES.pt [--batch-size N] [--workers N]
+    agnet evaluate (--settings DOC | --config CONFIG [--descriptor D ...] [--protocol P ...]) --features FEATURES.pt
+                   --manifest MANIFEST.parquet [--model MODEL.pt] -o METRICS.json
     agnet aggregate METRICS.json ... --out DIR
-    agnet report figures --config CONFIG [--cmc CMC.parquet] [--illustrate DATASET FEATURES MANIFEST ...]
-                   [--train-log VARIANT TRAIN_LOG.csv ...] --out DIR   (the figures of the inputs given)
+    agnet report {tables,claims,figures} (--settings DOC | --config CONFIG) ...
     agnet weights fetch BACKBONE --cache DIR
     agnet config check CONFIG.yaml [MORE.yaml ...]
+    agnet config settings CONFIG.yaml [MORE.yaml ...] [--key STAGE/NAME] [-o FILE]
+
+A settings document (``--settings``) is what the workflow writes under ``results/settings/``: the resolved
+settings of one stage (:mod:`agnet.settings`); ``--config`` resolves the same document from config files.
 
 ROOT is a dataset directory or the ``dataset.json`` written by ``agnet data fetch``. User errors
 (bad input, missing data, a full disk, a missing or unreadable file) print one ``agnet: error: ...``

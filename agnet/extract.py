@@ -38,7 +38,7 @@ from agnet.errors import AgnetError
 from agnet.fileio import atomic_path, sha256_file
 from agnet.images import load_tensor
 from agnet.model import AGNet, branch_descriptors, build_trunk
-from agnet.protocols import evaluated_images, list_protocols
+from agnet.protocols import check_for_format, evaluated_images, list_protocols
 from agnet.train.settings import TrainSettings, from_dict
 
 STORED = ("Attr", "ID")  # the descriptors a features file holds; All is fused from them at evaluation
@@ -141,6 +141,7 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     model, settings, record = load_trained(model_path)
     frame, meta = read_manifest(manifest_path)
     check_model_fits(record, frame, meta, model_path, manifest_path)
+    check_for_format(protocols or (), meta["format"], str(manifest_path))
     relative = evaluated_images(frame, protocols)
     if not relative:
         raise AgnetError(f"{manifest_path}: no evaluation images")

@@ -64,16 +64,19 @@ def total_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                weights: LossWeights, verification: str, als: dict[str, float]) -> dict[str, torch.Tensor]:
     """Eq. 8: λ1·ℓ_category + λ2·(ℓ_color + ℓ_type) + λ3·ℓ_verify; returns every term and ``total``.
 
-    ``verification`` is ``"als"`` (Eq. 6-7 with ``als`` = {theta, alpha, beta}) or ``"ce"`` (β = 0).
-    A term whose weight is 0 is still reported (for the logs) but contributes nothing.
+    ``verification`` is ``"als"`` (Eq. 6-7 with ``als`` = {theta, alpha, beta}) or ``"ce"`` (β = 0; ``als`` is not
+    read and may be None). A term whose weight is 0 is still reported (for the logs) but contributes nothing.
     """
     terms = {
         "category": F.cross_entropy(outputs["id_logits"], batch["class_id"]),
         "color": masked_cross_entropy(outputs["color_logits"], batch["color_id"]),
         "type": masked_cross_entropy(outputs["type_logits"], batch["type_id"]),
     }
-    beta = als["beta"] if verification == "als" else 0.0
-    terms["verify"] = als_loss(verify_logits, batch["same"], batch["hard"], als["theta"], als["alpha"], beta)
+    if verification == "als":
+        theta, alpha, beta = als["theta"], als["alpha"], als["beta"]
+    else:  # plain cross-entropy: the ALS term is weighted 0 (its constants are fixed, not read)
+        theta, alpha, beta = 0.0, 1.0, 0.0
+    terms["verify"] = als_loss(verify_logits, batch["same"], batch["hard"], theta, alpha, beta)
     terms["total"] = (
         weights.category * terms["category"]
         + weights.attributes * (terms["color"] + terms["type"])

@@ -31,6 +31,7 @@ here and nowhere else; a checkpoint may also be resumed with different operation
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -112,15 +113,21 @@ def _check_training(config: dict[str, Any]) -> list[str]:
         except ConfigError as error:
             problems.append(str(error))
             continue
-        where = "training" if variant not in config["variants"] else f"training (variant {variant})"
+
+        overrides = config["variants"].get(variant, {})
+
+        def where(key: str, variant: str = variant, overrides: dict = overrides) -> str:
+            """The key as written: the variant's override, else the shared training section."""
+            return f"variants.{variant}.{key}" if key in overrides else f"training.{key}"
+
         if not any(settings.loss_weights.values()):
-            problems.append(f"{where}.loss_weights: all zero ({settings.loss_weights}): nothing would be learnt")
+            problems.append(f"{where('loss_weights')}: all zero ({settings.loss_weights}): nothing would be learnt")
         if list(settings.lr_milestones) != sorted(set(settings.lr_milestones)):
-            problems.append(f"{where}.lr_milestones: {list(settings.lr_milestones)} must be strictly increasing")
+            problems.append(f"{where('lr_milestones')}: {list(settings.lr_milestones)} must be strictly increasing")
         if settings.pretrained not in ("imagenet", "none") and not Path(settings.pretrained).is_file():
-            problems.append(f"{where}.pretrained: {settings.pretrained!r} is neither 'imagenet', 'none' nor an "
+            problems.append(f"{where('pretrained')}: {settings.pretrained!r} is neither 'imagenet', 'none' nor an "
                             "existing state-dict file")
-    return problems
+    return list(dict.fromkeys(problems))  # a problem of the shared section once, not once per variant
 
 
 def _check_evaluation(config: dict[str, Any]) -> list[str]:
@@ -168,8 +175,15 @@ def _document(stage: str, key: str, settings: dict[str, Any], **extra: Any) -> d
 
 
 def training_document(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """``train/<variant>``: the result-affecting fields of the variant's :class:`TrainSettings`."""
-    record = resolve_settings(config, variant).to_dict()
+    """``train/<variant>``: the result-affecting fields of the variant's :class:`TrainSettings`, with what the
+    variant does not read made explicit: ``als`` is null unless the verification loss is ALS with a non-zero
+    weight, and ``hard_negative_fraction`` is the fraction used (0 for a variant that may not read attributes).
+    So the ALS constants retrain only the ALS variants, and the negative mining only the attribute variants."""
+    resolved = resolve_settings(config, variant)
+    record = resolved.to_dict()
+    if not (resolved.verification_loss == "als" and resolved.loss_weights["verify"] > 0):
+        record["als"] = None
+    record["hard_negative_fraction"] = resolved.effective_hard_negative_fraction
     settings = {k: v for k, v in record.items() if k not in OPERATIONAL["training"] and k != "variant"}
     return _document("train", variant, settings, variant=variant)
 
@@ -267,6 +281,11 @@ class Plan:
     def text(self, key: str) -> str:
         """The document as the workflow writes it (sorted keys: equal settings give equal text)."""
         return document_text(self.document(key))
+
+    def digest(self, key: str) -> str:
+        """SHA-256 of :meth:`text`: a parameter of every job reading the document, so a changed setting reruns
+        those jobs even when the document file itself was deleted (its job then runs again first)."""
+        return hashlib.sha256(self.text(key).encode()).hexdigest()
 
     def operational(self, section: str) -> dict[str, Any]:
         """The operational settings of ``training`` or ``evaluation``, as configured."""

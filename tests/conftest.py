@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # fixtures are built once (the tiny DAG once per test run: `tiny_dag`). Files
 # start heaviest first (measured serially on 2 cores: the SLURM comparison ≈ 5 min, the workflow tests ≈ 3 min,
 # the training tests 1–3 min each), so the long ones do not start last.
-_HEAVIEST_FIRST = ("tests/test_slurm.py", "tests/test_workflow.py", "tests/train/test_loop.py",
+_HEAVIEST_FIRST = ("tests/test_slurm.py", "tests/test_workflow.py", "tests/test_rerun.py", "tests/train/test_loop.py",
                    "tests/train/test_faults.py", "tests/test_gpu_check.py", "tests/report/test_figures.py")
 
 

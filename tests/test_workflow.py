@@ -186,6 +186,9 @@ _DELETIONS = {
     "results/data/tiny-veri/verify.json": "verify:tiny-veri",
     "results/data/tiny-veri/manifest.parquet": "manifest:tiny-veri",
     "results/data/tiny-vehicleid/manifest.parquet": "manifest:tiny-vehicleid",
+    # a settings document: not a kept result but a job's input, rewritten (the same text) when a job needs it;
+    # its loss changes no setting, so it reruns nothing (never a 14-hour retraining for a cleaned folder)
+    "results/settings/train/agnet_asl.json": None,
     f"{_RUN}/model.pt": "train:tiny-veri",
     f"{_RUN}/train_log.csv": "train:tiny-veri",
     f"{_RUN}/run.json": "train:tiny-veri",
@@ -197,8 +200,8 @@ _DELETIONS = {
 }
 
 
-def _dependants(job: str) -> set[str]:
-    todo, seen = [job], set()
+def _dependants(job: str | None) -> set[str]:
+    todo, seen = ([job] if job else []), set()
     while todo:
         current = todo.pop()
         if current not in seen:

@@ -33,7 +33,7 @@ class TrainSettings:
     hard_negative_fraction: float
     loss_weights: dict[str, float]
     verification_loss: str
-    als: dict[str, float]
+    als: dict[str, float] | None  # None where the variant does not read it (agnet.settings.training_document)
     hflip: bool
     decoded_cache: bool | str  # True, False or "auto" (use it where it fits the job's memory limit)
     workers: int

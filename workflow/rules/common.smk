@@ -102,6 +102,18 @@ def operational_flags(stage):
     return lambda wildcards, threads: f"{flags} --threads {threads}"
 
 
+def settings_digest(stage, name=None):
+    """Params function: the SHA-256 of a job's settings document (key stage/name, or stage/{ds} or
+    train/{variant} from the wildcards), so the job reruns whenever its settings change, document file or not.
+    """
+
+    def digest(wildcards):
+        key = name or (wildcards.variant if stage == "train" else wildcards.ds)
+        return PLAN.digest(f"{stage}/{key}")
+
+    return digest
+
+
 def train_settings(wildcards):
     return settings_file("train", wildcards.variant)
 

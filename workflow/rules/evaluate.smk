@@ -28,6 +28,7 @@ rule extract:
         runtime=120,
         gpu=1,
     params:
+        settings_sha256=settings_digest("extract"),
         operational=operational_flags("extract"),
     shell:
         "python -m agnet extract --settings {input.settings:q} --model {input.model:q} --manifest {input.manifest:q}"
@@ -54,6 +55,8 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        settings_sha256=settings_digest("evaluate"),
     shell:
         "python -m agnet evaluate --settings {input.settings:q} --features {input.features:q}"
         " --manifest {input.manifest:q} --model {input.model:q} -o {output.metrics:q} > {log:q} 2>&1"

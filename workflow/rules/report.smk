@@ -27,6 +27,8 @@ rule tables:
         "results/benchmarks/report/tables.tsv"
     conda:
         "../../environment.yml"
+    params:
+        settings_sha256=settings_digest("report", "tables"),
     shell:
         "python -m agnet report tables --settings {input.settings:q} --summary {input.summary:q}"
         " --out results/tables > {log:q} 2>&1"
@@ -47,6 +49,8 @@ rule claims:
         "results/benchmarks/report/claims.tsv"
     conda:
         "../../environment.yml"
+    params:
+        settings_sha256=settings_digest("report", "claims"),
     shell:
         "python -m agnet report claims --settings {input.settings:q} --runs {input.runs:q}"
         " --markdown {output.md:q} --json {output.json:q} > {log:q} 2>&1"
@@ -70,6 +74,7 @@ rule figures_cmc:
     conda:
         "../../environment.yml"
     params:
+        settings_sha256=settings_digest("report", "figures_cmc"),
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
         "python -m agnet report figures --settings {input.settings:q} --cmc {input.cmc:q}"
@@ -94,6 +99,7 @@ rule figures_illustrations:
     conda:
         "../../environment.yml"
     params:
+        settings_sha256=settings_digest("report", "figures_illustrations"),
         inputs=illustrate_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
@@ -119,6 +125,7 @@ rule figures_training:
     conda:
         "../../environment.yml"
     params:
+        settings_sha256=settings_digest("report", "figures_training"),
         inputs=train_log_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:

@@ -47,6 +47,7 @@ rule train:
         runtime=24 * 60,
         gpu=1,
     params:
+        settings_sha256=settings_digest("train"),
         run_dir=lambda wc, output: str(Path(output.model).parent),
         weights_cache=weights_cache,
         operational=operational_flags("train"),

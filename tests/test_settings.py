@@ -1,0 +1,191 @@
+"""Settings documents (agnet.settings): each stage's document holds exactly the settings the stage reads, so a
+changed setting reruns exactly its dependants; operational settings are in none of them; every cross-field rule
+is applied by the one function the workflow and `agnet config check` share."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import yaml
+
+from agnet.cli import main
+from agnet.config import deep_merge, validate_config
+from agnet.errors import AgnetError, ConfigError
+from agnet.settings import (
+    OPERATIONAL,
+    OPERATIONAL_DEFAULTS,
+    check_config,
+    load_plan,
+    plan,
+    read_document,
+    train_settings,
+)
+from tests.conftest import REPO
+
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+DEMO = yaml.safe_load((REPO / "workflow/configs/demo.yaml").read_text())
+
+
+def demo_config(**overrides) -> dict:
+    """config.yaml + demo.yaml (+ overrides), as the workflow merges them."""
+    return validate_config(deep_merge(deep_merge(BASE, DEMO), overrides))
+
+
+def changed_documents(overrides: dict) -> set[str]:
+    before, after = plan(demo_config()), plan(demo_config(**overrides))
+    assert set(before.documents) == set(after.documents)
+    return {key for key in before.documents if before.text(key) != after.text(key)}
+
+
+EVALUATE = {"evaluate/veri-synth", "evaluate/vehicleid-synth"}
+TRAIN = {"train/only_id", "train/agnet_ce", "train/agnet_asl"}
+
+# setting -> the documents (so the jobs) it may change; everything else must stay byte-identical
+DEPENDANTS = [
+    ({"evaluation": {"alpha": 0.3}}, EVALUATE | {"report/figures_illustrations"}),
+    ({"evaluation": {"distance": "cosine"}}, EVALUATE | {"report/figures_illustrations"}),
+    ({"evaluation": {"max_rank": 20}}, EVALUATE),
+    ({"evaluation": {"trial_seed": 4}}, {"evaluate/vehicleid-synth"}),
+    ({"evaluation": {"vehicleid_trials": 3}}, {"evaluate/vehicleid-synth"}),
+    ({"evaluation": {"str": {"lambdas": [0.0, 0.4]}}}, {"evaluate/veri-synth"}),
+    ({"evaluation": {"str": {"same_camera": "zero"}}}, {"evaluate/veri-synth"}),
+    ({"evaluation": {"str": {"enabled": False}}}, {"evaluate/veri-synth"}),  # VeRi features cover every image
+    ({"evaluation": {"descriptors": ["ID"]}}, EVALUATE),
+    ({"evaluation": {"vehicleid_test_sizes": [800]}}, set()),  # a small twin has its own four lists
+    ({"training": {"lr": 0.02}}, TRAIN),
+    ({"training": {"input_size": [48, 48]}}, TRAIN),
+    ({"training": {"amp": "on"}}, TRAIN),
+    ({"training": {"als": {"theta": 0.3}}}, {"train/agnet_asl"}),  # the CE variants do not read ALS
+    ({"training": {"hard_negative_fraction": 0.25}}, {"train/agnet_ce", "train/agnet_asl"}),  # Only-ID: no mining
+    ({"variants": {"agnet_ce": {"lr": 0.01}}}, {"train/agnet_ce"}),
+    ({"seeds": [0, 1, 2]}, set()),  # more runs, the same settings per run
+    ({"figures": {"seed": 1}}, set()),  # another illustrated run: an input, not a setting
+    *[({"training": {key: value}}, set()) for key, value in
+      (("workers", 2), ("log_every", 3), ("decoded_cache", False), ("channels_last", "off"),
+       ("deterministic", True), ("compile", True))],
+    *[({"evaluation": {key: value}}, set()) for key, value in (("batch_size", 7), ("workers", 1))],
+]
+
+
+@pytest.mark.parametrize("overrides, dependants", DEPENDANTS, ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
+def test_a_setting_changes_exactly_the_documents_of_the_stages_that_read_it(overrides, dependants):
+    assert changed_documents(overrides) == dependants
+
+
+def test_operational_settings_are_split_once_and_reach_the_jobs_as_flags():
+    config = demo_config(training={"workers": 3, "deterministic": True}, evaluation={"batch_size": 9})
+    result = plan(config)
+    for document in result.documents.values():
+        assert not set(document["settings"]) & set(OPERATIONAL["training"]) - {"workers"}
+    assert not set(result.document("train/agnet_asl")["settings"]) & set(OPERATIONAL["training"])
+    assert result.flags("train") == ("--workers 3 --log-every 5 --decoded-cache auto --channels-last on "
+                                     "--deterministic --no-compile")
+    assert result.flags("extract") == "--batch-size 9 --workers 0"
+    # the defaults a job falls back on are config.yaml's own values
+    for section, defaults in OPERATIONAL_DEFAULTS.items():
+        assert set(defaults) == set(OPERATIONAL[section])
+        assert {k: BASE[section].get(k, False) for k in defaults} == defaults
+    from agnet.train.checkpoint import OPERATIONAL as RESUMABLE
+
+    assert RESUMABLE == set(OPERATIONAL["training"])  # a resume may change exactly these
+
+
+def test_documents_hold_what_their_stage_reads():
+    result = plan(demo_config())
+    veri, vid = result.document("evaluate/veri-synth")["settings"], result.document("evaluate/vehicleid-synth")
+    assert veri["protocols"] == ["veri", "veri-str"] and "vehicleid" not in veri and veri["alpha"] == 0.5
+    assert veri["str"] == {"lambdas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], "same_camera": "nearest"}
+    assert vid["settings"]["protocols"] == ["vehicleid-25", "vehicleid-50", "vehicleid-75", "vehicleid-100"]
+    assert "str" not in vid["settings"] and vid["settings"]["vehicleid"] == {"trials": 10, "trial_seed": 0}
+    assert result.document("extract/vehicleid-synth")["settings"]["images"] == vid["settings"]["protocols"]
+    assert result.document("extract/veri-synth")["settings"]["images"] == "all"
+    assert result.document("train/only_id")["settings"]["als"] is None
+    assert result.document("train/only_id")["settings"]["hard_negative_fraction"] == 0.0
+    assert result.document("train/agnet_asl")["settings"]["als"] == {"theta": 0.2, "alpha": 0.1, "beta": 1.0}
+    assert "alpha" not in plan(demo_config(evaluation={"descriptors": ["ID", "Attr"]})).document(
+        "evaluate/veri-synth")["settings"]
+    report = result.document("report/tables")["settings"]["datasets"]
+    assert report["vehicleid"] == {"dataset": "vehicleid-synth", "synthetic": True,
+                                   "stand_ins": {"800": 25, "1600": 50, "2400": 75, "3200": 100}}
+
+
+def test_a_document_round_trips_to_the_settings_a_job_runs_with(tmp_path):
+    result = plan(demo_config())
+    path = tmp_path / "train.json"
+    path.write_text(result.text("train/agnet_asl"))
+    document = read_document(path, "train")
+    settings = train_settings(document, result.operational("training"))
+    assert settings.variant == "agnet_asl" and settings.epochs == 8 and settings.workers == 0
+    with pytest.raises(AgnetError, match="a settings document for stage 'train', not 'evaluate'"):
+        read_document(path, "evaluate")
+    path.write_text("[1, 2]")
+    with pytest.raises(AgnetError, match="not a settings document"):
+        read_document(path, "train")
+
+
+def test_a_ce_variant_does_not_read_the_als_constants():
+    """A variant's document says what it may read, and its training reads no more: the verification loss of a CE
+    variant is identical whatever the ALS constants are (so they are rightly absent from its document)."""
+    from agnet.losses import LossWeights, total_loss
+
+    torch.manual_seed(0)
+    outputs = {"id_logits": torch.randn(6, 5), "color_logits": torch.randn(6, 3), "type_logits": torch.randn(6, 4)}
+    batch = {"class_id": torch.arange(6) % 5, "color_id": torch.zeros(6, dtype=torch.long),
+             "type_id": torch.ones(6, dtype=torch.long), "same": torch.tensor([1, 0, 0, 1, 0, 0]).bool(),
+             "hard": torch.tensor([0, 1, 1, 0, 0, 1]).bool()}
+    logits, weights = torch.randn(6, 2), LossWeights(0.5, 0.5, 1.0)
+    plain = total_loss(outputs, batch, logits, weights, "ce", None)["verify"]
+    for als in ({"theta": 0.9, "alpha": 0.0, "beta": 5.0}, {"theta": 0.0, "alpha": 3.0, "beta": 0.0}):
+        assert torch.equal(total_loss(outputs, batch, logits, weights, "ce", als)["verify"], plain)
+    assert not torch.equal(total_loss(outputs, batch, logits, weights, "als",
+                                      {"theta": 0.9, "alpha": 0.1, "beta": 5.0})["verify"], plain)
+
+
+# Configurations the workflow refuses; `agnet config check` must refuse each with the same line
+# (tests/test_rerun.py runs both on this table).
+BAD_CONFIGS = [
+    ({"figures": {"seed": 7}}, r"figures\.seed: 7 is not trained \(seeds: 0, 1\)"),
+    ({"figures": {"variant": "agnet_x"}}, r"figures\.variant: 'agnet_x' is not trained"),
+    ({"datasets": {"veri-synth": {"holdout_vehicles": 0}}},
+     r"datasets\.veri-synth\.holdout_vehicles: 0, but evaluation\.str tunes λ over 8 values"),
+    ({"evaluation": {"str": {"lambdas": [0.0, float("inf")]}}}, r"evaluation\.str\.lambdas\[1\]: inf is not a finite"),
+    ({"training": {"lr": float("nan")}}, r"training\.lr: nan is not a finite number"),
+    ({"variants": {"agnet_ce": {"loss_weights": {"category": 0.0, "attributes": 0.0, "verify": 0.0}}}},
+     r"variants\.agnet_ce\.loss_weights: all zero"),
+    ({"variants": {"agnet_asl": {"workers": 2}}}, r"variants\.agnet_asl: workers is an operational setting"),
+    ({"train_variants": ["agnet_asl", "agnet_als"]}, r"train_variants: 'agnet_als' not defined under 'variants'"),
+    ({"run": ["veri-synth", "nope"]}, r"run: 'nope' not defined under 'datasets'"),
+    ({"evaluation": {"max_rank": 3}}, r"evaluation\.max_rank: 3 is below 5"),
+    ({"training": {"lr_milestones": [6, 2]}}, r"training\.lr_milestones: \[6, 2\] must be strictly increasing"),
+    ({"training": {"pretrained": "/no/such/weights.pt"}},
+     r"training\.pretrained: '/no/such/weights\.pt' is neither 'imagenet', 'none' nor an existing"),
+    ({"run": ["veri-synth", "vehicleid-real"],
+      "datasets": {"vehicleid-real": {"format": "vehicleid", "source": {"kind": "directory", "location": "x"}}},
+      "evaluation": {"vehicleid_test_sizes": [800, 1500]}},
+     r"evaluation\.vehicleid_test_sizes: 1500 is not a test list of VehicleID \(dataset 'vehicleid-real'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=[m[:40] for _, m in BAD_CONFIGS])
+def test_check_config_refuses_with_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        check_config(deep_merge(deep_merge(copy.deepcopy(BASE), DEMO), overrides))
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_config_check_and_settings_commands(tmp_path, capsys):
+    demo = str(REPO / "workflow/configs/demo.yaml")
+    assert main(["config", "check", str(REPO / "config.yaml"), demo]) == 0
+    first, documents = capsys.readouterr().out.splitlines()
+    assert first.endswith(": valid") and "train: only_id, agnet_ce, agnet_asl" in documents
+    out = tmp_path / "doc.json"
+    assert main(["config", "settings", str(REPO / "config.yaml"), demo, "--key", "evaluate/veri-synth",
+                 "-o", str(out)]) == 0
+    assert out.read_text() == load_plan(REPO / "config.yaml", demo).text("evaluate/veri-synth")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("figures: {seed: 9}\n")
+    assert main(["config", "check", str(REPO / "config.yaml"), demo, str(bad)]) == 1
+    assert "figures.seed: 9 is not trained" in capsys.readouterr().err
