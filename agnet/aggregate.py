@@ -23,15 +23,40 @@ from typing import Any
 import pandas as pd
 
 from agnet.errors import AgnetError
-from agnet.fileio import atomic_path
+from agnet.fileio import check_complete, file_set
 
 KEYS = ["dataset", "variant", "seed", "descriptor", "protocol"]
 VALUES = ["mAP", "rank1", "rank5", "rank10", "mINP", "official_mAP"]
 OUTPUTS = ("runs.csv", "runs.parquet", "summary.csv", "summary.parquet", "cmc.parquet")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# record field -> (check, what it must be); optional fields are checked where present
+_RECORD_FIELDS = {
+    "descriptor": (lambda v: v in ("Attr", "ID", "All"), "Attr, ID or All"),
+    "protocol": (lambda v: isinstance(v, str), "a protocol name"),
+    "distance": (lambda v: isinstance(v, str), "a text"),
+    "mAP": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "cmc": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) and 0.0 <= x <= 1.0 for x in v),
+            "a non-empty list of numbers in [0, 1]"),
+    "num_queries": (lambda v: _is_integer(v) and v >= 0, "a count"),
+    "num_gallery": (lambda v: _is_integer(v) and v >= 0, "a count"),
+}
+_OPTIONAL_NUMBERS = ("rank1", "rank5", "rank10", "mINP", "official_mAP")
+
+
 def read_metrics(path: str | Path) -> dict[str, Any]:
-    """A metrics file of ``agnet evaluate``: ``{"provenance": ..., "records": [...]}`` (checked)."""
+    """A metrics file of ``agnet evaluate``: ``{"provenance": ..., "evaluation": ..., "records": [...]}``, checked
+    field by field (an error names the file, the record and the field, and what it must be)."""
+    from agnet.protocols import parse
+
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -43,11 +68,28 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("dataset", "variant", "seed") if not isinstance(provenance, dict) or k not in provenance]
     if missing:
         raise AgnetError(f"{path}: the metrics' provenance lacks {', '.join(missing)}")
+    if not _is_integer(provenance["seed"]) or provenance["seed"] < 0:
+        raise AgnetError(f"{path}: provenance.seed must be a non-negative integer, got {provenance['seed']!r}")
+    for key in ("dataset", "variant"):
+        if not isinstance(provenance[key], str) or not provenance[key]:
+            raise AgnetError(f"{path}: provenance.{key} must be a name, got {provenance[key]!r}")
     for i, record in enumerate(data["records"]):
-        absent = [k for k in ("descriptor", "protocol", "distance", "mAP", "cmc", "num_queries", "num_gallery")
-                  if k not in record]
+        if not isinstance(record, dict):
+            raise AgnetError(f"{path}: record {i} is not a mapping")
+        absent = [k for k in _RECORD_FIELDS if k not in record]
         if absent:
             raise AgnetError(f"{path}: record {i} lacks {', '.join(absent)}")
+        for key, (ok, what) in _RECORD_FIELDS.items():
+            if not ok(record[key]):
+                raise AgnetError(f"{path}: record {i} ({record.get('descriptor')} {record.get('protocol')}): {key} "
+                                 f"must be {what}, got {str(record[key])[:60]!r}")
+        try:
+            parse(record["protocol"])
+        except AgnetError as error:
+            raise AgnetError(f"{path}: record {i}: {error}") from None
+        for key in _OPTIONAL_NUMBERS:
+            if record.get(key) is not None and not _is_number(record[key]):
+                raise AgnetError(f"{path}: record {i}: {key} must be a number, got {record[key]!r}")
     return data
 
 
@@ -94,9 +136,19 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     rows: list[dict] = []
     cmc_rows: list[dict] = []
     settings_of: dict[str, tuple[str, str]] = {}  # dataset -> (its evaluation settings as text, first file)
+    data_of: dict[str, tuple[tuple, str]] = {}  # dataset -> ((format, manifest sha256), first file)
     for path in paths:
         data = read_metrics(path)
         dataset = str(data["provenance"]["dataset"])
+        source = (data["provenance"].get("dataset_format"), data["provenance"].get("manifest_sha256"))
+        seen = data_of.setdefault(dataset, (source, str(path)))
+        if seen[0] != source:
+            (fmt_a, sha_a), (fmt_b, sha_b) = source, seen[0]
+            what = f"format {fmt_a} vs {fmt_b}" if fmt_a != fmt_b else f"manifest sha256 {str(sha_a)[:12]}… vs " \
+                                                                         f"{str(sha_b)[:12]}…"
+            raise AgnetError(f"{path} and {seen[1]} both say dataset {dataset!r} but were computed from different data "
+                             f"({what}): two datasets under one label cannot be averaged as seeds; give each its "
+                             "own dataset name")
         settings = json.dumps(data.get("evaluation"), sort_keys=True)
         first = settings_of.setdefault(dataset, (settings, str(path)))
         if first[0] != settings:
@@ -124,12 +176,41 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
         if setting in runs:
             summary[setting] = grouped[setting].first()
     summary = summary.reset_index()
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "cmc.parquet") as tmp:
-        cmc.to_parquet(tmp, index=False)
-    for name, table in (("runs", runs), ("summary", summary)):
-        with atomic_path(out_dir / f"{name}.csv") as tmp:
-            table.to_csv(tmp, index=False)
-        with atomic_path(out_dir / f"{name}.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+    with file_set(out_dir, OUTPUTS) as staged:  # the five files replace the old five as one set
+        cmc.to_parquet(staged["cmc.parquet"], index=False)
+        for name, table in (("runs", runs), ("summary", summary)):
+            table.to_csv(staged[f"{name}.csv"], index=False)
+            table.to_parquet(staged[f"{name}.parquet"], index=False)
     return summary
+
+
+# What each table of this module holds at least (the report reads them by these columns).
+TABLE_COLUMNS = {
+    "runs": [*KEYS, "distance", "mAP", "rank1"],
+    "summary": ["dataset", "variant", "descriptor", "protocol", "distance", "mAP_mean", "mAP_std", "rank1_mean",
+                "seeds"],
+    "cmc": [*KEYS, "rank", "cmc"],
+}
+_FILES = {"runs": "results/metrics/runs.csv", "summary": "results/metrics/summary.csv",
+          "cmc": "results/metrics/cmc.parquet"}
+
+
+def read_table(path: str | Path, kind: str) -> pd.DataFrame:
+    """A table written by :func:`aggregate` (``kind``: runs, summary or cmc), checked: the set it belongs to is
+    complete, it has the columns of its kind, and it is not another kind's table given by mistake."""
+    path = Path(path)
+    if not path.is_file():
+        raise AgnetError(f"{path}: no such {kind} table (written by `agnet aggregate`: {_FILES[kind]})")
+    check_complete(path)
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise AgnetError(f"{path}: unreadable {kind} table ({str(error).splitlines()[0]})") from None
+    missing = [c for c in TABLE_COLUMNS[kind] if c not in table.columns]
+    if missing:
+        other = next((k for k, cols in TABLE_COLUMNS.items() if k != kind and all(c in table for c in cols)), None)
+        hint = f": this is a {other} table; pass the {kind} table ({_FILES[kind]})" if other else ""
+        raise AgnetError(f"{path}: not a {kind} table (lacks column(s) {', '.join(missing)}){hint}")
+    if table.empty:
+        raise AgnetError(f"{path}: the {kind} table has no rows")
+    return table

@@ -389,26 +389,24 @@ def _report_datasets(args: argparse.Namespace, *jobs: str) -> dict:
 
 
 def _cmd_report_tables(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from agnet.aggregate import read_table
     from agnet.fileio import sha256_file
     from agnet.report.tables import write_tables
 
     settings = _report_datasets(args, "tables")
     source = {"path": str(args.summary), "sha256": sha256_file(args.summary)}
-    written = write_tables(pd.read_csv(args.summary), settings["datasets"], args.out, source=source)
+    written = write_tables(read_table(args.summary, "summary"), settings["datasets"], args.out, source=source)
     print(f"wrote {len(written)} table files to {args.out}")
     return 0
 
 
 def _cmd_report_claims(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from agnet.aggregate import read_table
     from agnet.fileio import sha256_file
     from agnet.report.claims import check_all, write_claims
 
     datasets = _report_datasets(args, "claims")["datasets"]
-    verdicts = check_all(pd.read_csv(args.runs), datasets)
+    verdicts = check_all(read_table(args.runs, "runs"), datasets)
     write_claims(verdicts, datasets, args.markdown, args.json,
                  source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
     print(f"checked {len(verdicts)} claims -> {args.markdown}")

@@ -2,7 +2,11 @@
 
 * :func:`atomic_path` / :func:`write_text` / :func:`write_bytes`: write to a temporary sibling, then
   ``os.replace`` it into place, so a killed job leaves either the previous complete file or none, never a
-  truncated one.
+  truncated one. The temporary's name holds its writer (host and process id): the next write of the same file
+  removes what a killed writer left (:func:`remove_stale_temporaries`).
+* :func:`file_set` / :func:`check_complete`: several files written as one set (the aggregate tables): staged in a
+  temporary folder, then renamed into place under an "incomplete" marker that is removed last, so a reader refuses
+  a set a kill left half old and half new.
 * :func:`sha256_file`: the SHA-256 a file is identified by in every provenance record (downloads, manifests,
   models, features, metrics).
 * :func:`relative_location` / :func:`locate`: a folder recorded inside a file both absolutely and, when it lies
@@ -13,12 +17,68 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import json
 import os
 import posixpath
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from agnet.errors import AgnetError
+
+_WRITER = f"{socket.gethostname().replace('/', '_')}-{os.getpid()}"
+STALE_AFTER_S = 24 * 3600  # a temporary of another host (or of unknown origin) is removed after a day
+SET_MARKER = ".file-set-incomplete"
+
+
+def _writer() -> str:
+    """``host-pid`` of this process (recomputed: a forked worker has its own pid)."""
+    return f"{_WRITER.rsplit('-', 1)[0]}-{os.getpid()}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(path: Path, owner: str) -> bool:
+    """Whether a temporary written by ``owner`` (``host-pid``) can go: its process ended (this host), or it is old."""
+    host, _, pid = owner.rpartition("-")
+    if host == _writer().rsplit("-", 1)[0] and pid.isdigit():
+        return int(pid) != os.getpid() and not _running(int(pid))
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Remove the temporary siblings of ``target`` (``.<name>.<host>-<pid>.<random>.tmp``) that a killed writer left:
+    this host's whose process no longer runs, and any older than a day. Returns what was removed."""
+    target = Path(target)
+    removed = []
+    prefix = f".{target.name}."
+    for path in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        rest = path.name[len(prefix):].removesuffix(".tmp")
+        owner = rest.rpartition(".")[0]
+        if _is_stale(path, owner):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -29,7 +89,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -83,3 +144,43 @@ def locate(absolute: str, relative: str | None, recorded_in: str | Path) -> Path
         if moved.is_dir():
             return moved
     return Path(absolute)
+
+
+@contextlib.contextmanager
+def file_set(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """Write the files ``names`` of ``out_dir`` as one set: yields a temporary path per name (in a staging folder
+    beside them); when the body returns, the marker ``.file-set-incomplete`` (listing the names) is written, each
+    file renamed into place, and the marker removed. A kill before the renames leaves the old set; during them, the
+    marker, which :func:`check_complete` refuses until the set is written again. A failed body leaves the old set."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    anchor = out_dir / SET_MARKER
+    remove_stale_temporaries(anchor)
+    staging = Path(tempfile.mkdtemp(prefix=f".{SET_MARKER}.{_writer()}.", suffix=".tmp", dir=out_dir))
+    try:
+        yield {name: staging / name for name in names}
+        missing = [name for name in names if not (staging / name).is_file()]
+        if missing:
+            raise AgnetError(f"{out_dir}: the set was not written whole (no {', '.join(missing)})")
+        write_text(anchor, json.dumps({"files": list(names)}) + "\n")
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+        anchor.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_complete(path: str | Path) -> None:
+    """Refuse a file of a set that a killed writer left half renamed (:func:`file_set`)."""
+    path = Path(path)
+    marker = path.parent / SET_MARKER
+    if not marker.is_file():
+        return
+    try:
+        names = json.loads(marker.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        names = [path.name]
+    if path.name in names:
+        raise AgnetError(f"{path}: its set ({', '.join(names)}) was being replaced when the writer stopped, so it may "
+                         f"mix old and new files ({marker} is still there); write the set again (e.g. rerun "
+                         "`agnet aggregate` or the workflow)")

@@ -159,10 +159,47 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise DatasetFormatError(path, "Parquet file lacks the 'agnet' metadata (was it written by agnet?)")
-    metadata = json.loads(raw)
-    if "root" in metadata:
-        metadata["root"] = str(locate(metadata["root"], metadata.get("root_relative"), path))
-    return table.to_pandas(), metadata
+    try:
+        metadata = json.loads(raw)
+    except ValueError as error:
+        raise DatasetFormatError(path, f"unreadable 'agnet' metadata ({error})") from None
+    frame = table.to_pandas()
+    check_manifest(frame, metadata, path)
+    metadata["root"] = str(locate(metadata["root"], metadata.get("root_relative"), path))
+    return frame, metadata
+
+
+SPLITS = {"veri": {"train", "val", "query", "gallery"}, "vehicleid": {"train", "val", "test"}}
+
+
+def check_manifest(frame: pd.DataFrame, metadata: Any, path: str | Path) -> None:
+    """Refuse a manifest that is not what :func:`write_manifest` writes: the metadata's format and root, every column
+    of :data:`BASE_COLUMNS` with an integer type where ids are, the splits of its format, VehicleID's test lists, and
+    VeRi's cameras and timestamps on every evaluation row. Each problem names the file and what to do."""
+    rebuild = "; rebuild it with `agnet data manifest` (or rerun the workflow)"
+    if not isinstance(metadata, dict) or metadata.get("format") not in SPLITS or not metadata.get("root"):
+        raise DatasetFormatError(path, "the 'agnet' metadata lacks the dataset format or root" + rebuild)
+    fmt = metadata["format"]
+    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetFormatError(path, f"the manifest lacks column(s) {', '.join(missing)}" + rebuild)
+    wrong = [c for c, dtype in BASE_COLUMNS.items() if dtype != "string" and len(frame)
+             and not pd.api.types.is_integer_dtype(frame[c]) and not frame[c].isna().all()]
+    if wrong:
+        raise DatasetFormatError(path, f"column(s) {', '.join(wrong)} must hold integers" + rebuild)
+    splits = set(frame["split"].dropna().unique())
+    if splits - SPLITS[fmt] or "train" not in splits or frame["path"].isna().any():
+        raise DatasetFormatError(path, f"a {fmt} manifest has the splits {', '.join(sorted(SPLITS[fmt]))} and a path "
+                                       f"in every row (found {', '.join(sorted(map(str, splits)))})" + rebuild)
+    if fmt == "vehicleid" and not any(c.startswith("in_test_") for c in frame.columns):
+        raise DatasetFormatError(path, "a VehicleID manifest has one in_test_<N> column per test list; found none"
+                                 + rebuild)
+    if fmt == "veri":
+        evaluation = frame[frame["split"] != "train"]
+        for column in ("camera_id", "timestamp"):
+            if evaluation[column].isna().any():
+                raise DatasetFormatError(path, f"{column} is missing on {int(evaluation[column].isna().sum())} VeRi "
+                                               "evaluation row(s) (the junk rule and re-ranking need it)" + rebuild)
 
 
 def make_manifest(fmt: str, root: str | Path, output: str | Path, train_vehicles: str = "attribute-labelled",

@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from agnet.errors import AgnetError
 from agnet.report.figures import cmc_figure, retrieval_figure, training_curves, tsne_figure
 
@@ -46,10 +44,9 @@ def make_figures(settings: dict[str, Any], out_dir: str | Path, cmc_path: str | 
     out_dir = Path(out_dir)
     written: list[Path] = []
     if cmc_path is not None:
-        try:
-            cmc = pd.read_parquet(cmc_path)
-        except (OSError, ValueError) as error:
-            raise AgnetError(f"{cmc_path}: unreadable CMC table ({error})") from None
+        from agnet.aggregate import read_table
+
+        cmc = read_table(cmc_path, "cmc")
         for fmt, figure in (("veri", "fig5_cmc_veri"), ("vehicleid", "fig6_cmc_vehicleid")):
             context = contexts[fmt]
             written += cmc_figure(cmc, context["dataset"], out_dir / figure, title_note=_note(context))

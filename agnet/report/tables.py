@@ -175,7 +175,8 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd
         parts.append(f"each the mean of {_recorded(summary, dataset, 'trials')} random gallery draws "
                      "(one image per vehicle)")
         if context.get("stand_ins"):
-            lists = ", ".join(f"{twin} for {paper}" for paper, twin in context["stand_ins"].items())
+            lists = ", ".join(f"{twin} for {paper}" for paper, twin in
+                              sorted(context["stand_ins"].items(), key=lambda item: int(item[0])))
             parts.append(f"the twin's test lists of N vehicles stand in for the paper's sizes ({lists}; "
                          "each the same quarter of the test vehicles)")
     else:

@@ -14,7 +14,8 @@ from agnet.report.tables import build_rows, caption_for, group_protocols, write_
 
 CONTEXTS = {  # the datasets of a report settings document (agnet.settings.report_datasets)
     "veri": {"dataset": "veri-x", "synthetic": True, "stand_ins": None},
-    "vehicleid": {"dataset": "vid-x", "synthetic": True, "stand_ins": {"800": 3, "1600": 6, "2400": 9, "3200": 12}},
+    # as a JSON document holds them: keys are text, sorted as text
+    "vehicleid": {"dataset": "vid-x", "synthetic": True, "stand_ins": {"1600": 6, "2400": 9, "3200": 12, "800": 3}},
 }
 
 
