@@ -58,9 +58,13 @@ Public API: :func:`evaluate` (→ :class:`RankResult`), :func:`cmc_map` (``(cmc,
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -517,10 +521,41 @@ _NB_THREAD_MIN = 1 << 16  # distances per chunk below which one thread ranks it 
 _NB_GROUPS_PER_THREAD = 8  # row groups (rows t, t + groups, …) per thread, taken on demand: a busy core does less
 
 
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (created if absent): tried, not guessed from permissions."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def numba_cache_dir() -> str | None:
+    """Where numba can cache the compiled kernel: None where its own choice works (``__pycache__`` beside
+    :mod:`agnet._rank_kernel`, or its per-user cache folder), else a folder of this user's under the temporary
+    directory. Set as ``NUMBA_CACHE_DIR`` before numba is imported (a read-only checkout with an unwritable HOME,
+    e.g. a container, would otherwise stop at numba's "no locator available" error). ``NUMBA_CACHE_DIR`` given by
+    the user always wins."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    if _writable(Path(__file__).resolve().parent / "__pycache__"):
+        return None
+    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path("~").expanduser() / ".cache") / "numba"
+    if str(home_cache).startswith("~") or not _writable(home_cache):
+        return str(Path(tempfile.gettempdir()) / f"agnet-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    return None
+
+
 def _kernel():
     """:mod:`agnet._rank_kernel`, imported on first use; None (and the NumPy path from then on, with a warning)
     if numba is installed but does not import."""
     global _CPU_PATH
+    fallback = numba_cache_dir()
+    if fallback is not None:
+        os.environ["NUMBA_CACHE_DIR"] = fallback
+        if "numba" in sys.modules:  # imported already: its config has read the environment
+            sys.modules["numba"].config.CACHE_DIR = fallback
     try:
         from agnet import _rank_kernel
     except ImportError as e:

@@ -69,6 +69,15 @@ def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
     assert all("--workers 0 --log-every 5 " in line for line in shells)
 
 
+def test_demo_profile_works_from_any_working_directory(tmp_path):
+    """The profile names the demo config by a path Snakemake resolves from the profile's folder: started elsewhere
+    (results in that folder), it plans the demo instead of failing to open workflow/configs/demo.yaml."""
+    command = [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/demo"), "--cores", "1", "-n"]
+    done = subprocess.run(command, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _job_counts(done.stdout)["total"] == "61"
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: [tiny-veri]\ndatasets:\n  tiny-veri:\n    format: veri\n    source: {kind: synthetic, vehicles: 8, cameras: 3, colour: 2}\n")

@@ -125,20 +125,38 @@ def read_vehicleid(root: str | Path) -> VehicleIdDataset:
     )
     if not test_files:
         raise DatasetFormatError(split_dir, "no test_list_<N>.txt file (expected e.g. test_list_800.txt)")
+    by_size: dict[int, list[str]] = {}
+    for size, path in test_files:
+        by_size.setdefault(size, []).append(path.name)
+    for size, names in by_size.items():
+        if len(names) > 1:
+            raise DatasetFormatError(split_dir, f"{' and '.join(sorted(names))} both name the test list of {size} "
+                                                "vehicles; keep one (a stray copy would be merged into the list)")
+        if size <= 0:
+            raise DatasetFormatError(split_dir / names[0], "a test list of 0 vehicles")
 
     images: list[VehicleIdImage] = []
     train_path = split_dir / "train_list.txt"
     train_rows = read_image_list(train_path)
+    if not train_rows:
+        raise DatasetFormatError(train_path, "lists no image (the training split cannot be empty)")
     train_vids = {vid for _, _, vid in train_rows}
     for _, name, vid in train_rows:
         images.append(VehicleIdImage(name, "train", vid, colors.get(vid), models.get(vid)))
 
+    train_names = {name for _, name, _ in train_rows}
     test_lists: dict[int, list[int]] = {}
     test_membership: dict[str, tuple[int, set[int]]] = {}
     test_order: list[str] = []
     for size, path in test_files:
         vids: dict[int, None] = {}
-        for line, name, vid in read_image_list(path):
+        rows = read_image_list(path)
+        if not rows:
+            raise DatasetFormatError(path, "lists no image (an empty test list cannot be evaluated)")
+        for line, name, vid in rows:
+            if name in train_names:
+                raise DatasetFormatError(path, f"image {name} is also in {train_path.name} (an image is either "
+                                               "training or test, never both)", line)
             if vid in train_vids:
                 raise DatasetFormatError(path, f"vehicle {vid} is also in {train_path.name} (splits must be disjoint)", line)
             known_vid, lists = test_membership.setdefault(name, (vid, set()))

@@ -228,7 +228,10 @@ def read_veri(root: str | Path) -> VeriDataset:
         if label_name not in label_cache:
             label_cache[label_name] = read_label_xml(root / label_name, notes)
         labels = label_cache[label_name]
-        for index, (line, name) in enumerate(read_name_list(list_path)):
+        listed = read_name_list(list_path)
+        if not listed:
+            raise DatasetFormatError(list_path, f"lists no image (the {split} split cannot be empty)")
+        for index, (line, name) in enumerate(listed):
             vehicle, camera, timestamp = parse_name(list_path, line, name)
             label = labels.get(name)
             if label is None:

@@ -1,0 +1,249 @@
+"""Inputs that cannot mix (issue 24): every file a stage reads is checked for what it is (columns, keys, types) and
+where it came from (dataset, manifest) before any work, and a kill leaves nothing that a later run trusts or
+that nothing removes. Each case is one clear line naming the file(s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from agnet.aggregate import OUTPUTS, aggregate, read_table
+from agnet.cli import main
+from agnet.data.manifest import make_manifest, read_manifest
+from agnet.data.verify import verify_dataset
+from agnet.errors import AgnetError
+from agnet.fileio import SET_MARKER, file_set, remove_stale_temporaries, write_text
+from tests.conftest import REPO
+
+
+def metrics_file(path: Path, dataset: str = "veri-x", seed=0, manifest_sha256: str = "a" * 64,
+                 fmt: str = "veri", **record_changes) -> Path:
+    """A minimal metrics file as `agnet evaluate` writes it (one All/veri record)."""
+    record = {"protocol": "veri", "descriptor": "All", "distance": "Euclidean on L2-normalised features",
+              "ap": "non-interpolated", "mAP": 0.5, "cmc": [0.6, 0.7, 0.8, 0.9, 1.0], "mINP": 0.2, "num_queries": 10,
+              "num_valid_queries": 10, "rank1": 0.6, "rank5": 1.0, "num_gallery": 50, **record_changes}
+    provenance = {"dataset": dataset, "dataset_format": fmt, "variant": "agnet_asl", "seed": seed,
+                  "manifest_sha256": manifest_sha256, "model_sha256": "b" * 64, "features_sha256": "c" * 64}
+    path.write_text(json.dumps({"provenance": provenance, "evaluation": {"distance": "euclidean"},
+                                "records": [record]}))
+    return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    status = main(["--log-level", "warning", *map(str, argv)])
+    return status, capsys.readouterr().err.strip()
+
+
+# ------------------------------------------------------------------------------------------- provenance
+
+
+def test_aggregate_refuses_two_datasets_under_one_label(tmp_path):
+    a = metrics_file(tmp_path / "a.json", seed=0, manifest_sha256="a" * 64)
+    b = metrics_file(tmp_path / "b.json", seed=1, manifest_sha256="d" * 64)  # another twin, the same label
+    with pytest.raises(AgnetError, match=r"b.json and .*a.json both say dataset 'veri-x' but were computed from "
+                                         r"different data \(manifest sha256 dddddddddddd… vs aaaaaaaaaaaa…\)"):
+        aggregate([a, b], tmp_path / "out")
+    c = metrics_file(tmp_path / "c.json", seed=1, fmt="vehicleid")
+    with pytest.raises(AgnetError, match=r"different data \(format vehicleid vs veri\)"):
+        aggregate([a, c], tmp_path / "out")
+    assert not (tmp_path / "out" / "summary.csv").exists()  # nothing written
+    aggregate([a, metrics_file(tmp_path / "d.json", seed=1)], tmp_path / "out")  # same data, two seeds: fine
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": "0"}, r"provenance.seed must be a non-negative integer, got '0'"),
+    ({"seed": 1.5}, r"provenance.seed must be a non-negative integer, got 1.5"),
+    ({"cmc": None}, r"record 0 \(All veri\): cmc must be a non-empty list of numbers in \[0, 1\], got 'None'"),
+    ({"mAP": "0.5"}, r"record 0 \(All veri\): mAP must be a number in \[0, 1\], got '0.5'"),
+    ({"mAP": 50.0}, r"mAP must be a number in \[0, 1\]"),
+    ({"protocol": "veri_str"}, r"record 0: unknown protocol 'veri_str'"),
+    ({"rank1": "high"}, r"record 0: rank1 must be a number"),
+    ({"num_queries": None}, r"num_queries must be a count"),
+])
+def test_a_malformed_metrics_file_is_one_line_naming_the_field(tmp_path, capsys, change, message):
+    seed = change.pop("seed", 0)
+    bad = metrics_file(tmp_path / "bad.json", seed=seed, **change)
+    status, err = run_cli(capsys, "aggregate", bad, "--out", tmp_path / "out")
+    assert status == 1 and err.startswith(f"agnet: error: {bad}: ") and len(err.splitlines()) == 1
+    assert pd.Series([err]).str.contains(message).all(), err
+
+
+def make_tables(tmp_path) -> Path:
+    out = tmp_path / "metrics"
+    aggregate([metrics_file(tmp_path / "a.json"), metrics_file(tmp_path / "b.json", seed=1)], out)
+    return out
+
+
+@pytest.mark.parametrize("command, flag, given, wanted", [
+    ("tables", "--summary", "runs.csv", "summary"),
+    ("claims", "--runs", "summary.csv", "runs"),
+])
+def test_swapped_tables_are_refused_naming_what_was_given(tmp_path, capsys, command, flag, given, wanted):
+    out = make_tables(tmp_path)
+    extra = (["--out", tmp_path / "t"] if command == "tables"
+             else ["--markdown", tmp_path / "c.md", "--json", tmp_path / "c.json"])
+    status, err = run_cli(capsys, "report", command, "--config", REPO / "config.yaml", "--config",
+                          REPO / "workflow/configs/demo.yaml", flag, out / given, *extra)
+    assert status == 1
+    assert f"{out / given}: not a {wanted} table" in err and f"pass the {wanted} table" in err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "c.md").exists()
+
+
+def test_a_manifest_without_a_column_is_refused_before_any_work(tmp_path, capsys):
+    manifest = tmp_path / "m.parquet"
+    make_manifest("veri", REPO / "tests/fixtures/veri", manifest)
+    table = pq.read_table(manifest)
+    stripped = tmp_path / "stripped.parquet"
+    pq.write_table(table.drop(["camera_id"]).replace_schema_metadata(table.schema.metadata), stripped)
+    with pytest.raises(AgnetError, match=r"stripped.parquet: the manifest lacks column\(s\) camera_id; rebuild it"):
+        read_manifest(stripped)
+    status, err = run_cli(capsys, "evaluate", "--config", REPO / "config.yaml", "--features", tmp_path / "none.pt",
+                          "--manifest", stripped, "-o", tmp_path / "m.json")
+    assert status == 1 and "lacks column(s) camera_id" in err and len(err.splitlines()) == 1
+    frame = table.to_pandas()
+    frame["vehicle_id"] = frame["vehicle_id"].astype(str)
+    retyped = tmp_path / "retyped.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata),
+                   retyped)
+    with pytest.raises(AgnetError, match=r"column\(s\) vehicle_id must hold integers"):
+        read_manifest(retyped)
+
+
+# ------------------------------------------------------------------------------------------- dataset readers
+
+
+def test_two_list_files_of_one_test_size_are_refused(vehicleid_root):
+    split = vehicleid_root / "train_test_split"
+    shutil.copy(split / "test_list_2.txt", split / "test_list_02.txt")  # a stray copy
+    report = verify_dataset("vehicleid", vehicleid_root)
+    assert not report["valid"]
+    assert any("test_list_02.txt and test_list_2.txt both name the test list of 2 vehicles" in e
+               for e in report["errors"])
+
+
+def test_an_image_in_training_and_test_is_refused_without_img2vid(vehicleid_root):
+    (vehicleid_root / "attribute" / "img2vid.txt").unlink()
+    split = vehicleid_root / "train_test_split"
+    train_image = (split / "train_list.txt").read_text().split()[0]
+    with open(split / "test_list_4.txt", "a") as lists:
+        lists.write(f"{train_image} 999\n")  # the training image again, under a test vehicle
+    report = verify_dataset("vehicleid", vehicleid_root)
+    assert not report["valid"]
+    assert any(f"image {train_image} is also in train_list.txt" in e for e in report["errors"]), report["errors"]
+
+
+@pytest.mark.parametrize("listing, fmt", [("name_query.txt", "veri"), ("name_train.txt", "veri"),
+                                          ("train_test_split/train_list.txt", "vehicleid"),
+                                          ("train_test_split/test_list_2.txt", "vehicleid")])
+def test_an_empty_list_fails_verification(veri_root, vehicleid_root, listing, fmt):
+    root = veri_root if fmt == "veri" else vehicleid_root
+    (root / listing).write_text("")
+    report = verify_dataset(fmt, root)
+    assert not report["valid"] and any("lists no image" in e for e in report["errors"]), report["errors"]
+
+
+# ------------------------------------------------------------------------------------------- kills
+
+
+KILLED_WRITER = """
+import sys, time
+from agnet.fileio import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"partial")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "features.pt"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    left = list(tmp_path.glob(".features.pt.*.tmp"))
+    assert len(left) == 1 and not target.exists()  # the kill left its temporary, never a partial target
+    old = tmp_path / ".features.pt.Xyz12.tmp"  # an older agnet's name (no writer in it), a day and more old
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    write_text(target, "done")
+    assert target.read_text() == "done" and list(tmp_path.glob(".features.pt.*")) == []
+    assert remove_stale_temporaries(target) == []
+
+
+def test_a_set_interrupted_between_its_renames_is_refused_until_written_again(tmp_path, monkeypatch):
+    out = make_tables(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def dying_replace(src, dst):  # the process "dies" after the second of the five renames
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate([metrics_file(tmp_path / "c.json", seed=2)], out)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / SET_MARKER).is_file()
+    for name in ("summary.csv", "runs.csv", "cmc.parquet"):
+        with pytest.raises(AgnetError, match=r"its set \(.*\) was being replaced when the writer stopped"):
+            read_table(out / name, {"summary.csv": "summary", "runs.csv": "runs", "cmc.parquet": "cmc"}[name])
+    aggregate([metrics_file(tmp_path / "a.json"), metrics_file(tmp_path / "c.json", seed=2)], out)
+    assert not (out / SET_MARKER).exists() and sorted(read_table(out / "runs.csv", "runs")["seed"]) == [0, 2]
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no staging folder or temporary left
+
+
+def test_a_failed_set_leaves_the_old_set(tmp_path):
+    out = make_tables(tmp_path)
+    before = (out / "summary.csv").read_bytes()
+    with pytest.raises(RuntimeError), file_set(out, OUTPUTS) as staged:
+        staged["summary.csv"].write_text("new")
+        raise RuntimeError("disk full")
+    assert (out / "summary.csv").read_bytes() == before and sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+RANK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import agnet.metrics as metrics
+assert metrics.__file__.startswith(sys.argv[1]), metrics.__file__
+result = metrics.evaluate(np.random.default_rng(0).random((5, 8)).astype("float32"), np.arange(5), np.arange(8) % 5)
+print(metrics._CPU_PATH, round(result.mAP, 6))
+"""
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None or os.geteuid() != 0, reason="needs root and chattr (immutable "
+                    "folders stand for a read-only checkout and HOME, which root could otherwise write)")
+def test_a_read_only_checkout_with_an_unwritable_home_still_ranks(tmp_path):
+    """Numba caches the compiled kernel beside the package or in the user's cache; where neither can be written
+    (a read-only checkout or image, HOME unwritable) it falls back to a temporary folder instead of failing."""
+    shutil.copytree(REPO / "agnet", tmp_path / "agnet", ignore=shutil.ignore_patterns("__pycache__"))
+    home = tmp_path / "home"
+    home.mkdir()
+    locked = [tmp_path / "agnet", home]
+    if subprocess.run(["chattr", "+i", *map(str, locked)], check=False, capture_output=True).returncode != 0:
+        pytest.skip("this file system does not support immutable folders")
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+        done = subprocess.run([sys.executable, "-c", RANK, str(tmp_path)], env={**env, "HOME": str(home)},
+                              capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, locked)], check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.split()[0] == "numba"  # the compiled kernel, cached in the fallback folder
