@@ -6,7 +6,8 @@ per descriptor × protocol). Nothing is read from folder names.
 
 ``runs.csv``/``runs.parquet``: one row per (dataset, variant, seed, descriptor, protocol) with mAP,
 Rank-1/5/10, mINP, counts, distance, (VehicleID) the number of trials and the trial std, (All) α, (VeRi+STR) λ,
-and the hashes of the features and model. ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std
+whether the model was truncated (``max_steps``) or resumed with a changed schedule, and the hashes of the
+features and model (``flagged_seeds`` in the summary counts the seeds so marked). ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std
 (ddof 1; 0 for a single seed), the number of seeds, and the trials and α the rows were computed with.
 
 The runs of one dataset must have been evaluated with the same settings (the ``evaluation`` section each metrics
@@ -112,6 +113,8 @@ def metrics_rows(data: dict[str, Any]) -> tuple[list[dict], list[dict]]:
             row["alpha"] = data["evaluation"]["alpha"]
         if "str" in record:
             row["str_lambda"] = record["str"]["lambda"]
+        row["truncated"] = bool(provenance.get("truncated", False))
+        row["schedule_changed"] = bool(provenance.get("schedule_changes", 0))
         row["features_sha256"] = provenance.get("features_sha256")
         row["model_sha256"] = provenance.get("model_sha256")
         rows.append(row)
@@ -172,6 +175,10 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
     summary = summary.fillna({c: 0.0 for c in summary.columns if c.endswith("_std")})
     summary["seeds"] = grouped.size()
+    # seeds of a group whose model was cut short (max_steps) or resumed with a changed schedule: flagged in the tables
+    flagged = (runs["truncated"] | runs["schedule_changed"]).groupby(
+        [runs[k] for k in ("dataset", "variant", "descriptor", "protocol", "distance")], sort=True).sum()
+    summary["flagged_seeds"] = flagged.astype(int)
     for setting in ("trials", "alpha"):  # equal within a group (the settings check above)
         if setting in runs:
             summary[setting] = grouped[setting].first()

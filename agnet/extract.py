@@ -185,6 +185,10 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
         "precision": str(amp_dtype or torch.float32), "channels_last": use_channels_last,
         "storage": "float16 unit vectors x float32 norms", "agnet": __version__, "torch": str(torch.__version__),
         "python": platform.python_version(), "protocols": list_protocols(protocols) or "all",
+        # how the model was trained, for the tables and claims to flag or refuse: cut short, or resumed with a
+        # changed schedule (e.g. a lower lr after a divergence)
+        "truncated": bool(record.get("truncated", False)),
+        "schedule_changes": sum(1 for resume in record.get("resumes") or [] if resume.get("changed")),
     }
     if done != len(relative):
         raise AgnetError(f"{manifest_path}: the loader gave {done} of {len(relative)} evaluation images")

@@ -21,6 +21,9 @@ from agnet.fileio import write_text
 from agnet.report.paper import load_paper, parse_value
 
 METRIC_KEYS = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
+FLAG = " †"  # a result that includes a truncated run or one resumed with a changed schedule
+FLAG_NOTE = ("† includes seeds whose model was cut short (training.max_steps) or resumed with a changed schedule "
+             "(--allow-changed): not the paper's training")
 SYNTHETIC_NOTE = "SYNTHETIC TWIN, not the real dataset: these numbers are not a reproduction of the paper"
 
 
@@ -61,7 +64,8 @@ def _ours(summary: pd.DataFrame, dataset: str, variant: str, descriptor: str, pr
     if match.empty or f"{key}_mean" not in match:
         return None
     row = match.iloc[0]
-    return 100 * float(row[f"{key}_mean"]), 100 * float(row[f"{key}_std"]), int(row["seeds"])
+    return (100 * float(row[f"{key}_mean"]), 100 * float(row[f"{key}_std"]), int(row["seeds"]),
+            int(row.get("flagged_seeds", 0) or 0))
 
 
 def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict[int, int] | None = None
@@ -103,8 +107,9 @@ def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict
                     ours.append(Cell("n/a"))
                     delta.append(Cell("n/a"))
                     continue
-                mean, std, _ = got
-                ours.append(Cell(f"{mean:.2f} ± {std:.2f}", mean))
+                mean, std, seeds, flagged = got
+                spread = f" ± {std:.2f}" if seeds > 1 else " (1 seed)"  # one seed has no spread to show
+                ours.append(Cell(f"{mean:.2f}{spread}{FLAG if flagged else ''}", mean))
                 delta.append(Cell("-" if paper is None else f"{mean - paper:+.2f}", None if paper is None else mean - paper))
         labels += [f"{row['method']} (ours)", f"{row['method']} (ours − paper)"]
         rows += [ours, delta]
@@ -182,6 +187,8 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd
     else:
         parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
     parts.append(f"distance: {_recorded(summary, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
+    if "flagged_seeds" in summary and summary.loc[summary["dataset"] == dataset, "flagged_seeds"].fillna(0).any():
+        parts.append(FLAG_NOTE)
     return "; ".join(parts) + "."
 
 
