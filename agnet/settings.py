@@ -183,6 +183,8 @@ def training_document(config: dict[str, Any], variant: str) -> dict[str, Any]:
     record = resolved.to_dict()
     if not (resolved.verification_loss == "als" and resolved.loss_weights["verify"] > 0):
         record["als"] = None
+    else:  # the default written out: `pairs: attributes` given or not is the same recipe
+        record["als"] = {"pairs": "attributes", **record["als"]}
     record["hard_negative_fraction"] = resolved.effective_hard_negative_fraction
     settings = {k: v for k, v in record.items() if k not in OPERATIONAL["training"] and k != "variant"}
     return _document("train", variant, settings, variant=variant)

@@ -59,6 +59,8 @@ DEPENDANTS = [
     ({"training": {"input_size": [48, 48]}}, TRAIN),
     ({"training": {"amp": "on"}}, TRAIN),
     ({"training": {"als": {"theta": 0.3}}}, {"train/agnet_asl"}),  # the CE variants do not read ALS
+    ({"training": {"als": {"pairs": "attributes"}}}, set()),  # the default, written out: the same recipe
+    ({"variants": {"agnet_asl": {"als": {"pairs": "shuffled"}}}}, {"train/agnet_asl"}),
     ({"training": {"hard_negative_fraction": 0.25}}, {"train/agnet_ce", "train/agnet_asl"}),  # Only-ID: no mining
     ({"variants": {"agnet_ce": {"lr": 0.01}}}, {"train/agnet_ce"}),
     ({"seeds": [0, 1, 2]}, set()),  # more runs, the same settings per run
@@ -104,7 +106,8 @@ def test_documents_hold_what_their_stage_reads():
     assert result.document("extract/veri-synth")["settings"]["images"] == "all"
     assert result.document("train/only_id")["settings"]["als"] is None
     assert result.document("train/only_id")["settings"]["hard_negative_fraction"] == 0.0
-    assert result.document("train/agnet_asl")["settings"]["als"] == {"theta": 0.2, "alpha": 0.1, "beta": 1.0}
+    assert result.document("train/agnet_asl")["settings"]["als"] == {"theta": 0.2, "alpha": 0.1, "beta": 1.0,
+                                                                   "pairs": "attributes"}
     assert "alpha" not in plan(demo_config(evaluation={"descriptors": ["ID", "Attr"]})).document(
         "evaluate/veri-synth")["settings"]
     report = result.document("report/tables")["settings"]["datasets"]

@@ -32,7 +32,10 @@ Sampling rules (documented choices):
   falls back to a uniformly drawn image of any other vehicle (as does the remaining share).
   Negatives are uniform over *images* (vehicles with more images are drawn more often).
 * ``hard`` flags a pair whose two images differ in vehicle but share colour and type, both
-  labelled; a random negative can therefore be hard by chance.
+  labelled; a random negative can therefore be hard by chance. With ``hard_flags="shuffled"`` (the ALS ablation
+  ``als.pairs: shuffled``) the flags compare the attributes of a seeded permutation of the vehicles instead — each
+  vehicle carries another vehicle's (colour, type) — so ALS's attribute term keeps its share of flagged pairs but
+  loses the information of which pairs really share attributes; the pairs drawn (and their mining) are unchanged.
 * A variant that may not use attributes (Only-ID) builds its :class:`TrainSet` without them
   (every image unlabelled), so it gets no hard negatives and no ``hard`` flags: its negatives are
   uniform over the other vehicles' images, whatever the colour/type columns hold.
@@ -59,6 +62,8 @@ from agnet.fileio import atomic_path
 from agnet.images import _MEAN, _STD, IMAGENET_MEAN, IMAGENET_STD, ImageError, load_resized, to_tensor  # noqa: F401
 
 _PLAN_TAG = 0x504C414E  # "PLAN": separates the plan stream from the augmentation stream
+_SHUFFLE_TAG = 0x53485546  # "SHUF": the permutation of vehicles whose attributes shuffled hard flags compare
+HARD_FLAGS = ("attributes", "shuffled")
 _AUGMENT_TAG = 0x41554745  # "AUGE"
 _CACHE_VERSION = 1
 
@@ -171,7 +176,10 @@ class PairSampler:
         positive_fraction: float,
         hard_negative_fraction: float,
         seed: int,
+        hard_flags: str = "attributes",
     ):
+        if hard_flags not in HARD_FLAGS:
+            raise AgnetError(f"hard_flags must be one of {', '.join(HARD_FLAGS)}, got {hard_flags!r}")
         if batch_size < 2 or batch_size % 2:
             raise AgnetError(f"batch_size must be an even number >= 2, got {batch_size}")
         for name, value in (("positive_fraction", positive_fraction), ("hard_negative_fraction", hard_negative_fraction)):
@@ -185,6 +193,7 @@ class PairSampler:
         self.positive_fraction = float(positive_fraction)
         self.hard_negative_fraction = float(hard_negative_fraction)
         self.seed = int(seed)
+        self.hard_flags = hard_flags
         if self.steps_per_epoch == 0:
             raise AgnetError(f"training set of {len(train)} image(s) is too small for one pair batch")
         self._index()
@@ -229,6 +238,21 @@ class PairSampler:
             self._blk_start[images] = b_first[b_inverse]
             self._blk_size[images] = b_counts[b_inverse]
             self._hard_ok[images] = g_counts[group] > b_counts[b_inverse]
+        self._flag_color, self._flag_type = color, vtype
+        if self.hard_flags == "shuffled":
+            self._flag_color, self._flag_type = self._shuffled_attributes()
+
+    def _shuffled_attributes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per image, the (colour, type) of the vehicle a seeded permutation of the classes maps its vehicle to
+        (a vehicle's attributes are those of its first image)."""
+        cls, classes = self.train.class_ids, self.train.num_classes
+        first = np.full(classes, -1, dtype=np.int64)
+        first[cls[::-1]] = np.arange(len(cls))[::-1]  # the first image of each class
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SHUFFLE_TAG]))
+        source = first[rng.permutation(classes)]  # class c takes the attributes of class perm[c]
+        color = np.where(source >= 0, self.train.color_ids[np.maximum(source, 0)], -1)
+        vtype = np.where(source >= 0, self.train.type_ids[np.maximum(source, 0)], -1)
+        return color[cls], vtype[cls]
 
     @property
     def anchors_per_epoch(self) -> int:
@@ -278,7 +302,7 @@ class PairSampler:
 
         partner = np.where(u_kind < self.positive_fraction, positive, negative)
         same = cls[anchor] == cls[partner]
-        color, vtype = self.train.color_ids, self.train.type_ids
+        color, vtype = self._flag_color, self._flag_type  # the true attributes, or a shuffled vehicle's
         hard = (
             ~same
             & (color[anchor] >= 0)

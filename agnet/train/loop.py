@@ -356,7 +356,8 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
     manifest_sha256 = sha256_file(Path(manifest))
     train_set = TrainSet.from_manifest(frame, meta["root"], attributes=settings.uses_attributes)
     sampler = PairSampler(train_set, settings.batch_size, settings.positive_fraction,
-                          settings.effective_hard_negative_fraction, seed)
+                          settings.effective_hard_negative_fraction, seed,
+                          hard_flags=(settings.als or {}).get("pairs", "attributes"))
     threads = threads or job_threads()
     workers = min(settings.workers, threads)
     cache, cache_note = choose_cache(settings.decoded_cache, train_set, settings.input_size, cache_dir, threads)

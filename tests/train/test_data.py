@@ -185,6 +185,47 @@ def test_hard_negatives_are_drawn():
     assert shares[1.0] == 1.0
 
 
+def test_the_uniform_negatives_arm_draws_pairs_without_reading_attributes():
+    """AGNet-CE with uniform negatives (hard_negative_fraction 0, the `agnet_ce_uniform` arm): its pairs are those of
+    Only-ID's sampler, whatever the colour and type labels hold — only the attribute loss may read them."""
+    rng = np.random.default_rng(4)
+    counts = rng.integers(2, 9, 50)
+    colors, types = rng.integers(0, 3, 50), rng.integers(0, 2, 50)
+    labelled = PairSampler(arrays_set(counts, colors, types), 16, 0.5, 0.0, seed=6).plan(0)
+    permuted = PairSampler(arrays_set(counts, rng.permutation(colors), rng.permutation(types)), 16, 0.5, 0.0,
+                           seed=6).plan(0)
+    unlabelled = PairSampler(arrays_set(counts), 16, 0.5, 0.0, seed=6).plan(0)
+    for plan in (permuted, unlabelled):
+        a, b = pairs_of(labelled), pairs_of(plan)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])  # the same partners: negatives drawn uniformly
+
+
+def test_shuffled_hard_flags_keep_the_pairs_and_drop_the_attribute_information():
+    """The `agnet_asl_shuffled` arm (als.pairs: shuffled): the same pairs, mined by the true attributes, but ALS's hard
+    flags compare the attributes of a seeded permutation of the vehicles."""
+    colors, types = np.arange(60) // 2 % 6, np.arange(60) // 12
+    data = arrays_set([10] * 60, colors, types)
+    true = PairSampler(data, 16, 0.2, 0.5, seed=5)
+    shuffled = PairSampler(data, 16, 0.2, 0.5, seed=5, hard_flags="shuffled")
+    a, b = pairs_of(true.plan(0)), pairs_of(shuffled.plan(0))
+    for k in range(3):
+        np.testing.assert_array_equal(a[k], b[k])  # anchors, partners, same: unchanged
+    assert not np.array_equal(a[3], b[3])
+    # the flags are exactly "different vehicles whose permuted vehicles share colour and type"
+    anchors, partners, same = b[:3]
+    col, typ = shuffled._flag_color, shuffled._flag_type
+    cls = data.class_ids
+    assert all(len(set(col[cls == c])) == 1 for c in range(60))  # one (colour, type) per vehicle, another's
+    expected = ~same & (col[anchors] == col[partners]) & (typ[anchors] == typ[partners])
+    np.testing.assert_array_equal(b[3], expected)
+    assert sorted(zip(col[::10], typ[::10])) == sorted(zip(colors, types))  # a permutation of the vehicles'
+    again = pairs_of(PairSampler(data, 16, 0.2, 0.5, seed=5, hard_flags="shuffled").plan(0))[3]
+    np.testing.assert_array_equal(again, b[3])
+    with pytest.raises(AgnetError, match="hard_flags must be one of attributes, shuffled"):
+        PairSampler(data, 16, 0.2, 0.5, seed=5, hard_flags="random")
+
+
 def test_hard_negative_fallback_without_a_twin():
     # vehicle 0 is alone in its colour/type group, vehicle 1 unlabelled: both fall back to random negatives
     data = arrays_set([10] * 6, colors=[0, -1, 1, 1, 2, 2], types=[0, 0, 1, 1, 1, 1])
