@@ -195,3 +195,75 @@ def consistency_findings(paper: dict | None = None, statements: list[dict] | Non
     paper = paper or load_paper()
     statements = statements if statements is not None else load_statements()
     return [f for s in statements for f in check_statement(paper, s)]
+
+
+# ------------------------------------------------------------------------------------------- the tables' own audit
+
+
+@dataclass(frozen=True)
+class TableFinding:
+    """A value (or pair of rows) of the paper's tables that its protocol makes impossible or suspicious."""
+
+    check: str  # range | cmc-order | vehicleid-bounds | duplicate-rows | test-size-order
+    cells: str
+    values: str
+    note: str
+
+
+_ROUNDING = 0.005 + 1e-9  # two printed decimals
+
+
+def _cells_of(table: dict, row: dict) -> dict[tuple, float | None]:
+    columns = table["columns"]
+    return {(group, column): parse_value(row["values"][g * len(columns) + c])
+            for g, group in enumerate(table["groups"]) for c, column in enumerate(columns)}
+
+
+def table_findings(paper: dict | None = None) -> list[TableFinding]:
+    """Every value of Tables I–IV checked against what its protocol makes possible, computed from the tables:
+
+    * ``range``: a percentage outside [0, 100];
+    * ``cmc-order``: Rank-5 below Rank-1 of the same row and test size (a CMC curve never falls);
+    * ``vehicleid-bounds``: VehicleID's gallery holds one image per vehicle, so a query's AP is 1/rank of its one
+      match: Rank-1 ≤ mAP ≤ (100 + Rank-1)/2 (beyond rounding);
+    * ``duplicate-rows``: two rows of one table printing the same values in every cell both fill (≥ 2 cells);
+    * ``test-size-order``: a VehicleID value higher at a larger test size than at a smaller one (a larger gallery
+      only adds distractors, so this is expected only from the noise of one random gallery draw).
+    """
+    paper = paper or load_paper()
+    found: list[TableFinding] = []
+    for table_id, table in paper["tables"].items():
+        label = f"Table {ROMAN.get(table_id, table_id)}"
+        rows = [(row["method"], _cells_of(table, row)) for row in table["rows"]]
+        for method, cells in rows:
+            for (group, column), value in cells.items():
+                where = CellRef(table_id, method, group, column).label()
+                if value is not None and not 0.0 <= value <= 100.0:
+                    found.append(TableFinding("range", where, f"{value:.2f}", "a percentage outside [0, 100]"))
+            for group in table["groups"]:
+                r1, r5, m = cells.get((group, "Rank1")), cells.get((group, "Rank5")), cells.get((group, "mAP"))
+                ref = CellRef(table_id, method, group, "Rank1").label().removesuffix(", Rank1")
+                if r1 is not None and r5 is not None and r5 < r1 - _ROUNDING:
+                    found.append(TableFinding("cmc-order", ref, f"Rank-1 {r1:.2f} > Rank-5 {r5:.2f}",
+                                              "a CMC curve never falls"))
+                if table["dataset"] == "vehicleid" and r1 is not None and m is not None and not (
+                        r1 - _ROUNDING <= m <= (100.0 + r1) / 2 + _ROUNDING):
+                    found.append(TableFinding("vehicleid-bounds", ref, f"mAP {m:.2f}, Rank-1 {r1:.2f}",
+                                              f"one gallery image per vehicle bounds mAP to [{r1:.2f}, "
+                                              f"{(100 + r1) / 2:.2f}]"))
+            if table["dataset"] == "vehicleid":
+                for column in table["columns"]:
+                    sizes = [(g, cells[(g, column)]) for g in table["groups"] if cells[(g, column)] is not None]
+                    for (small, a), (large, b) in zip(sizes, sizes[1:], strict=False):
+                        if b > a + _ROUNDING:
+                            found.append(TableFinding(
+                                "test-size-order", f"{label}, {method}, {column}", f"{a:.2f} at {small} < {b:.2f} at "
+                                f"{large}", "higher on the larger test set (expected only from one gallery draw's "
+                                            "noise)"))
+        for i, (first, a) in enumerate(rows):
+            for second, b in rows[i + 1:]:
+                shared = [k for k in a if a[k] is not None and b[k] is not None]
+                if len(shared) >= 2 and all(a[k] == b[k] for k in shared):
+                    found.append(TableFinding("duplicate-rows", f"{label}: {first} and {second}",
+                                              f"{len(shared)} identical cells", "two methods, the same numbers"))
+    return found

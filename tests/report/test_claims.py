@@ -19,6 +19,7 @@ from agnet.report.paper import (
     load_paper,
     load_statements,
     single_row_descriptors,
+    table_findings,
 )
 
 CONTEXTS = {
@@ -240,6 +241,7 @@ def test_claims_report_shows_intervals_n_verdicts_legend_and_findings(tmp_path):
     assert "als-vs-ce" in primary and "asl-vs-only-id" in primary and "| str |" in primary
     assert "veri-vs-lomo" not in primary
     assert "- **direction only**:" in text and "## The paper against itself" in text
+    assert "### The tables against their protocols" in text and "| test-size-order | Table II, VGG+CCL, Rank5 |" in text
     assert "| §IV.D, fourth paragraph | “For VehicleID, it has 3.94%" in text
     record = json.loads((tmp_path / "claims.json").read_text())
     assert len(record["claims"]) == len(verdicts) and record["claims"][0]["seeds"] == 3
@@ -248,3 +250,25 @@ def test_claims_report_shows_intervals_n_verdicts_legend_and_findings(tmp_path):
             "family", "primary"} <= set(record["claims"][0])
     assert {row["family"] for row in record["primary_families"]} == {"als-vs-ce", "asl-vs-only-id", "str"}
     assert any(f["text_value"] == "3.94" for f in record["paper_consistency"])
+
+
+def test_the_table_audit_is_computed_from_the_tables():
+    """Each check finds a value flipped into an impossible one, and the finding vanishes with the value restored."""
+    paper = load_paper()
+    assert {f.check for f in table_findings(paper)} == {"test-size-order"}  # BOW-SIFT and VGG+CCL at 1600
+    assert any(f.cells == "Table II, VGG+CCL, Rank5" for f in table_findings(paper))
+
+    def flipped(table, method, index, value):
+        changed = copy.deepcopy(paper)
+        row = next(r for r in changed["tables"][table]["rows"] if r["method"] == method)
+        row["values"][index] = value
+        return {(f.check, f.cells) for f in table_findings(changed)} - {(f.check, f.cells) for f in table_findings(paper)}
+
+    assert flipped("table1", "LOMO", 2, "20.00") == {("cmc-order", "Table I, LOMO")}  # Rank-5 below Rank-1
+    assert flipped("table4", "Only-ID", 0, "90.00") == {("vehicleid-bounds", "Table IV, Only-ID, test size 800")}
+    assert flipped("table3", "Only-ID", 0, "101.00") == {("range", "Table III, Only-ID, mAP")}
+    assert flipped("table4", "Only-ID", 4, "68.00") == {("test-size-order", "Table IV, Only-ID, Rank1")}
+    dup = copy.deepcopy(paper)
+    rows = dup["tables"]["table3"]["rows"]
+    rows[1]["values"] = list(rows[0]["values"])
+    assert ("duplicate-rows", "Table III: Only-ID and AGNet-CE-Attr") in {(f.check, f.cells) for f in table_findings(dup)}
