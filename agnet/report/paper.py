@@ -12,6 +12,7 @@ VehicleID test size; ``None`` for VeRi tables) and column (``mAP``, ``Rank1``, `
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -254,7 +255,7 @@ def table_findings(paper: dict | None = None) -> list[TableFinding]:
             if table["dataset"] == "vehicleid":
                 for column in table["columns"]:
                     sizes = [(g, cells[(g, column)]) for g in table["groups"] if cells[(g, column)] is not None]
-                    for (small, a), (large, b) in zip(sizes, sizes[1:], strict=False):
+                    for (small, a), (large, b) in itertools.pairwise(sizes):
                         if b > a + _ROUNDING:
                             found.append(TableFinding(
                                 "test-size-order", f"{label}, {method}, {column}", f"{a:.2f} at {small} < {b:.2f} at "
