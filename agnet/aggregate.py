@@ -88,9 +88,17 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
             parse(record["protocol"])
         except AgnetError as error:
             raise AgnetError(f"{path}: record {i}: {error}") from None
-        for key in _OPTIONAL_NUMBERS:
+        for key in (*_OPTIONAL_NUMBERS, *(f"{k}_std" for k in _OPTIONAL_NUMBERS), "mAP_std"):
             if record.get(key) is not None and not _is_number(record[key]):
                 raise AgnetError(f"{path}: record {i}: {key} must be a number, got {record[key]!r}")
+        if "trials" in record and not (isinstance(record["trials"], list) and record["trials"]):
+            raise AgnetError(f"{path}: record {i}: trials must be a non-empty list of trials, got "
+                             f"{str(record['trials'])[:40]!r}")
+        if "str" in record and not (isinstance(record["str"], dict) and _is_number(record["str"].get("lambda"))):
+            raise AgnetError(f"{path}: record {i}: str must be a mapping with a number 'lambda', got "
+                             f"{str(record['str'])[:40]!r}")
+    if not isinstance(data.get("evaluation", {}), dict):
+        raise AgnetError(f"{path}: 'evaluation' must be the mapping of settings the run was evaluated with")
     return data
 
 

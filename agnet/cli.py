@@ -265,7 +265,17 @@ def _document(args: argparse.Namespace, stage: str, conflicts: dict[str, object]
         given = [flag for flag, value in conflicts.items() if value]
         if given:
             raise AgnetError(f"{', '.join(given)} cannot be combined with --settings: the document fixes them")
+        if args.settings_sha256 is not None:
+            from agnet.fileio import sha256_file
+
+            actual = sha256_file(args.settings) if args.settings.is_file() else None
+            if actual != args.settings_sha256:
+                raise AgnetError(f"{args.settings} does not hold the settings planned for this job (sha256 "
+                                 f"{str(actual)[:12]}… vs {args.settings_sha256[:12]}…): it is stale or was edited; "
+                                 "delete it and rerun the workflow, which writes it again")
         return read_document(args.settings, stage), None
+    if args.settings_sha256 is not None:
+        raise AgnetError("--settings-sha256 checks a --settings document; none was given")
     return None, load_plan(*args.config)
 
 
@@ -311,6 +321,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     document, plan = _document(args, "extract", {"--protocol": args.protocol, "--dataset": args.dataset})
+    if document is None and args.dataset in plan.config["datasets"] and not args.protocol:
+        from agnet.settings import extraction_document  # a dataset of the config: the workflow's own document
+
+        document = extraction_document(plan.config, args.dataset)
     if document is None:
         settings, dataset = extraction_settings(args.protocol), args.dataset
     else:
@@ -337,8 +351,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from agnet.protocols import check_for_format, manifest_protocols
     from agnet.settings import evaluation_settings
 
-    document, plan = _document(args, "evaluate", {"--descriptor": args.descriptor, "--protocol": args.protocol})
+    document, plan = _document(args, "evaluate", {"--descriptor": args.descriptor, "--protocol": args.protocol,
+                                                  "--dataset": args.dataset})
     frame, meta = read_manifest(args.manifest)
+    if document is None and args.dataset is not None:
+        from agnet.settings import evaluation_document  # a dataset of the config: the workflow's own document
+
+        if args.dataset not in plan.config["datasets"]:
+            raise AgnetError(f"--dataset {args.dataset!r} is not a dataset of the config "
+                             f"({', '.join(plan.config['datasets'])})")
+        document = evaluation_document(plan.config, args.dataset)
+        if args.descriptor or args.protocol:
+            document["settings"] = evaluation_settings(plan.config["evaluation"],
+                                                       list(dict.fromkeys(args.protocol or document["settings"]["protocols"])),
+                                                       list(dict.fromkeys(args.descriptor or [])) or None)
     if document is None:
         evaluation = plan.config["evaluation"]
         protocols = list(dict.fromkeys(args.protocol or manifest_protocols(frame, meta, evaluation)))
@@ -452,6 +478,8 @@ def _add_config(parser: argparse.ArgumentParser, stage: str) -> None:
                             "workflow; `agnet config settings` prints one)")
     where.add_argument("--config", type=Path, action="append",
                        help="workflow config file; repeat to merge (later files override, as --configfile)")
+    parser.add_argument("--settings-sha256", metavar="HEX",
+                        help="refuse a --settings document whose sha256 differs (the workflow passes the one it planned)")
 
 
 def _choice(*values: str):
@@ -569,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", type=Path, required=True)
     extract.add_argument("--manifest", type=Path, required=True)
     extract.add_argument("--out", type=_output_file, required=True)
-    extract.add_argument("--dataset", help="with --config: dataset label recorded with the features (default: the "
-                                           "manifest's format)")
+    extract.add_argument("--dataset", help="with --config: the dataset label recorded with the features (default: the "
+                                           "manifest's format); a dataset of the config is extracted exactly as the "
+                                           "workflow does (its evaluated lists)")
     extract.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     extract.add_argument("--threads", type=_positive)
     extract.add_argument("--protocol", action="append",
@@ -586,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--features", type=Path, required=True)
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--model", type=Path, help="model.pt the features must come from (sha256 checked)")
+    evaluate.add_argument("--dataset", help="with --config: a dataset of the config, evaluated exactly as the workflow "
+                                            "evaluates it (its protocols; default: the manifest's lists)")
     evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), action="append",
                           help="with --config: only this descriptor (repeatable; default: evaluation.descriptors)")
     evaluate.add_argument("--protocol", action="append",

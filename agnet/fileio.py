@@ -2,8 +2,9 @@
 
 * :func:`atomic_path` / :func:`write_text` / :func:`write_bytes`: write to a temporary sibling, then
   ``os.replace`` it into place, so a killed job leaves either the previous complete file or none, never a
-  truncated one. The temporary's name holds its writer (host and process id): the next write of the same file
-  removes what a killed writer left (:func:`remove_stale_temporaries`).
+  truncated one. The writer holds a lock on its temporary (its name also says which host and process wrote it):
+  the next write of the same file removes what a killed writer left, a minute on, never a living writer's
+  (:func:`remove_stale_temporaries`).
 * :func:`file_set` / :func:`check_complete`: several files written as one set (the aggregate tables): staged in a
   temporary folder, then renamed into place under an "incomplete" marker that is removed last, so a reader refuses
   a set a kill left half old and half new.
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -31,47 +33,52 @@ from pathlib import Path
 
 from agnet.errors import AgnetError
 
-_WRITER = f"{socket.gethostname().replace('/', '_')}-{os.getpid()}"
-STALE_AFTER_S = 24 * 3600  # a temporary of another host (or of unknown origin) is removed after a day
+_HOST = socket.gethostname().replace("/", "_")
+STALE_AFTER_S = 24 * 3600  # a temporary whose writer cannot be told (no file locks here) is removed after a day
+UNLOCKED_GRACE_S = 60  # an unlocked temporary younger than this may be one whose writer is about to lock it
 SET_MARKER = ".file-set-incomplete"
 
 
 def _writer() -> str:
-    """``host-pid`` of this process (recomputed: a forked worker has its own pid)."""
-    return f"{_WRITER.rsplit('-', 1)[0]}-{os.getpid()}"
+    """``host-pid`` of this process, written into its temporaries' names (for people reading a folder)."""
+    return f"{_HOST}-{os.getpid()}"
 
 
-def _running(pid: int) -> bool:
+def _lock(fd: int) -> None:
+    """Hold an exclusive advisory lock on ``fd`` for as long as it is open: a living writer's mark on its temporary
+    (released by the kernel when the process dies, however it dies)."""
+    with contextlib.suppress(OSError):  # a file system without locks: the age rule decides instead
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _is_stale(path: Path) -> bool:
+    """Whether a temporary's writer is gone: no process holds its lock (and it is older than a minute), or, where
+    locks cannot be taken, it is older than a day. A living writer's temporary is never stale, whatever host, PID
+    namespace or container it runs in."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_stale(path: Path, owner: str) -> bool:
-    """Whether a temporary written by ``owner`` (``host-pid``) can go: its process ended (this host), or it is old."""
-    host, _, pid = owner.rpartition("-")
-    if host == _writer().rsplit("-", 1)[0] and pid.isdigit():
-        return int(pid) != os.getpid() and not _running(int(pid))
-    try:
-        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+        age = time.time() - path.stat().st_mtime
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # held: a writer is at work
+    except OSError:
+        return age > STALE_AFTER_S
+    finally:
+        os.close(fd)
+    return age > UNLOCKED_GRACE_S
 
 
 def remove_stale_temporaries(target: str | Path) -> list[Path]:
     """Remove the temporary siblings of ``target`` (``.<name>.<host>-<pid>.<random>.tmp``) that a killed writer left:
-    this host's whose process no longer runs, and any older than a day. Returns what was removed."""
+    those whose writer's lock is gone (:func:`_is_stale`). Returns what was removed."""
     target = Path(target)
     removed = []
     prefix = f".{target.name}."
     for path in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        rest = path.name[len(prefix):].removesuffix(".tmp")
-        owner = rest.rpartition(".")[0]
-        if _is_stale(path, owner):
+        if _is_stale(path):
             with contextlib.suppress(OSError):
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -91,12 +98,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    _lock(fd)  # kept until the temporary is renamed or removed: it is not stale while this process lives
     tmp = Path(tmp_name)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         yield tmp
         os.replace(tmp, target)
     except BaseException as error:
@@ -104,6 +111,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if isinstance(error, OSError) and error.errno is not None and error.filename is None:
             error.filename = str(target)  # a failed write (e.g. disk full) names the file it was writing
         raise
+    finally:
+        os.close(fd)
 
 
 def write_text(target: str | Path, text: str, encoding: str = "utf-8") -> None:
@@ -157,6 +166,8 @@ def file_set(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Pa
     anchor = out_dir / SET_MARKER
     remove_stale_temporaries(anchor)
     staging = Path(tempfile.mkdtemp(prefix=f".{SET_MARKER}.{_writer()}.", suffix=".tmp", dir=out_dir))
+    lock = os.open(staging, os.O_RDONLY)
+    _lock(lock)
     try:
         yield {name: staging / name for name in names}
         missing = [name for name in names if not (staging / name).is_file()]
@@ -168,6 +179,7 @@ def file_set(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Pa
         anchor.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
 
 
 def check_complete(path: str | Path) -> None:
@@ -182,5 +194,5 @@ def check_complete(path: str | Path) -> None:
         names = [path.name]
     if path.name in names:
         raise AgnetError(f"{path}: its set ({', '.join(names)}) was being replaced when the writer stopped, so it may "
-                         f"mix old and new files ({marker} is still there); write the set again (e.g. rerun "
-                         "`agnet aggregate` or the workflow)")
+                         f"mix old and new files ({marker} is still there); write the set again: rerun `agnet "
+                         "aggregate` (in the workflow: `snakemake --forcerun aggregate`)")

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -542,9 +543,19 @@ def numba_cache_dir() -> str | None:
     if _writable(Path(__file__).resolve().parent / "__pycache__"):
         return None
     home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path("~").expanduser() / ".cache") / "numba"
-    if str(home_cache).startswith("~") or not _writable(home_cache):
-        return str(Path(tempfile.gettempdir()) / f"agnet-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
-    return None
+    if not str(home_cache).startswith("~") and _writable(home_cache):
+        return None
+    # A folder of this user's alone: the cache's index is unpickled, so one another user could plant files in (a
+    # shared /tmp on a cluster) must never be used. Created 0700; an existing one must be ours, private, no link.
+    folder = Path(tempfile.gettempdir()) / f"agnet-numba-cache-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+            return str(folder)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="agnet-numba-cache-")
 
 
 def _kernel():

@@ -174,18 +174,41 @@ def _document(stage: str, key: str, settings: dict[str, Any], **extra: Any) -> d
     return {"stage": stage, "key": key, "schema": SCHEMA_VERSION, **extra, "settings": settings}
 
 
-def training_document(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """``train/<variant>``: the result-affecting fields of the variant's :class:`TrainSettings`, with what the
-    variant does not read made explicit: ``als`` is null unless the verification loss is ALS with a non-zero
-    weight, and ``hard_negative_fraction`` is the fraction used (0 for a variant that may not read attributes).
-    So the ALS constants retrain only the ALS variants, and the negative mining only the attribute variants."""
-    resolved = resolve_settings(config, variant)
-    record = resolved.to_dict()
-    if not (resolved.verification_loss == "als" and resolved.loss_weights["verify"] > 0):
+# Training settings that hold numbers (a YAML `1` and `1.0` are the same recipe: written as floats)
+_FLOAT_KEYS = ("lr", "lr_gamma", "momentum", "weight_decay", "positive_fraction", "hard_negative_fraction")
+
+
+def canonical_training(record: dict[str, Any]) -> dict[str, Any]:
+    """A :meth:`TrainSettings.to_dict` record with what the variant does not read made explicit and numbers as
+    floats: ``als`` is null unless the verification loss is ALS with a non-zero weight (with ``pairs`` written
+    out), ``verification_loss`` null when the verification weight is 0, and ``hard_negative_fraction`` the fraction
+    used (0 for a variant that may not read attributes). Two records that train the same model are equal; the
+    training documents and the resume check (:func:`agnet.train.checkpoint.check_compatible`) both use it."""
+    from agnet.train.settings import from_dict
+
+    record = dict(record)
+    defaults = {"max_steps": None, "compile": False}  # keys newer than some records
+    resolved = from_dict({**defaults, **record})
+    weights = {k: float(v) for k, v in record["loss_weights"].items()}
+    record["loss_weights"] = weights
+    for key in _FLOAT_KEYS:
+        record[key] = float(record[key])
+    if not (resolved.verification_loss == "als" and weights["verify"] > 0):
         record["als"] = None
     else:  # the default written out: `pairs: attributes` given or not is the same recipe
-        record["als"] = {"pairs": "attributes", **record["als"]}
-    record["hard_negative_fraction"] = resolved.effective_hard_negative_fraction
+        record["als"] = {"pairs": "attributes", **{k: (float(v) if k != "pairs" else v)
+                                                   for k, v in record["als"].items()}}
+    if weights["verify"] == 0:
+        record["verification_loss"] = None
+    record["hard_negative_fraction"] = float(resolved.effective_hard_negative_fraction)
+    return record
+
+
+def training_document(config: dict[str, Any], variant: str) -> dict[str, Any]:
+    """``train/<variant>``: the result-affecting fields of the variant's :class:`TrainSettings`, canonical
+    (:func:`canonical_training`): the ALS constants retrain only the ALS variants, the negative mining only the
+    variants that read attributes, and ``1`` vs ``1.0`` nothing."""
+    record = canonical_training(resolve_settings(config, variant).to_dict())
     settings = {k: v for k, v in record.items() if k not in OPERATIONAL["training"] and k != "variant"}
     return _document("train", variant, settings, variant=variant)
 
@@ -247,7 +270,12 @@ def report_document(config: dict[str, Any], job: str) -> dict[str, Any]:
     distance and α their retrieval and t-SNE panels use (those of the evaluation)."""
     if job not in REPORT_JOBS:
         raise AgnetError(f"unknown report job {job!r} ({', '.join(REPORT_JOBS)})")
-    settings: dict[str, Any] = {"datasets": report_datasets(config)}
+    shown = report_datasets(config)
+    if job.startswith("figures_"):  # figures read the dataset and whether it is a twin, not the stand-in lists
+        shown = {fmt: {k: v for k, v in entry.items() if k != "stand_ins"} for fmt, entry in shown.items()}
+    if job == "figures_training":  # the training curves show the VeRi dataset's runs only
+        shown = {fmt: entry for fmt, entry in shown.items() if fmt == "veri"}
+    settings: dict[str, Any] = {"datasets": shown}
     if job == "figures_illustrations":
         evaluation = config["evaluation"]
         settings["illustration"] = {"descriptor": "All", "distance": evaluation["distance"],
@@ -347,7 +375,28 @@ def read_document(path: str | Path, stage: str) -> dict[str, Any]:
     if document.get("schema") != SCHEMA_VERSION:
         raise AgnetError(f"{path}: settings document schema {document.get('schema')!r}, expected {SCHEMA_VERSION} "
                          "(written by another agnet version; rerun the workflow)")
+    top, inner = _REQUIRED[stage]
+    missing = [k for k in top if k not in document] + [f"settings.{k}" for k in inner if k not in document["settings"]]
+    if missing:
+        raise AgnetError(f"{path}: the {stage} settings document lacks {', '.join(missing)} (`agnet config settings` "
+                         "writes a complete one)")
     return document
+
+
+def _train_keys() -> tuple[str, ...]:
+    from dataclasses import MISSING, fields
+
+    return tuple(f.name for f in fields(TrainSettings) if f.name not in OPERATIONAL["training"]
+                 and f.name != "variant" and f.default is MISSING)  # fields with defaults may be absent
+
+
+# stage -> (top-level keys, keys of `settings`) a document of that stage must hold
+_REQUIRED = {
+    "train": (("variant",), _train_keys()),
+    "extract": (("dataset",), ("images",)),
+    "evaluate": (("dataset",), ("descriptors", "protocols", "distance", "max_rank")),
+    "report": (("key",), ("datasets",)),
+}
 
 
 def train_settings(document: dict[str, Any], operational: dict[str, Any]) -> TrainSettings:

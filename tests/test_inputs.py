@@ -70,6 +70,9 @@ def test_aggregate_refuses_two_datasets_under_one_label(tmp_path):
     ({"protocol": "veri_str"}, r"record 0: unknown protocol 'veri_str'"),
     ({"rank1": "high"}, r"record 0: rank1 must be a number"),
     ({"num_queries": None}, r"num_queries must be a count"),
+    ({"trials": 3}, r"record 0: trials must be a non-empty list of trials, got '3'"),
+    ({"str": 0.5}, r"record 0: str must be a mapping with a number 'lambda'"),
+    ({"mAP_std": "wide"}, r"record 0: mAP_std must be a number"),
 ])
 def test_a_malformed_metrics_file_is_one_line_naming_the_field(tmp_path, capsys, change, message):
     seed = change.pop("seed", 0)
@@ -170,15 +173,20 @@ def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path)
     target = tmp_path / "features.pt"
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
+    live = list(tmp_path.glob(".features.pt.*.tmp"))
+    assert len(live) == 1
+    os.utime(live[0], (time.time() - 3600,) * 2)
+    assert remove_stale_temporaries(target) == []  # an hour old, but its writer holds the lock: never removed
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=30)
-    left = list(tmp_path.glob(".features.pt.*.tmp"))
-    assert len(left) == 1 and not target.exists()  # the kill left its temporary, never a partial target
-    old = tmp_path / ".features.pt.Xyz12.tmp"  # an older agnet's name (no writer in it), a day and more old
+    assert list(tmp_path.glob(".features.pt.*.tmp")) == live and not target.exists()  # left, never a partial target
+    old = tmp_path / ".features.pt.Xyz12.tmp"  # an older agnet's name (no writer in it)
     old.write_bytes(b"x")
-    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    os.utime(old, (time.time() - 120,) * 2)
+    fresh = tmp_path / ".features.pt.host-1.abc.tmp"  # unlocked but seconds old: maybe a writer about to lock it
+    fresh.write_bytes(b"x")
     write_text(target, "done")
-    assert target.read_text() == "done" and list(tmp_path.glob(".features.pt.*")) == []
+    assert target.read_text() == "done" and sorted(tmp_path.glob(".features.pt.*")) == [fresh]
     assert remove_stale_temporaries(target) == []
 
 
@@ -247,3 +255,21 @@ def test_a_read_only_checkout_with_an_unwritable_home_still_ranks(tmp_path):
         subprocess.run(["chattr", "-i", *map(str, locked)], check=False)
     assert done.returncode == 0, done.stderr[-1500:]
     assert done.stdout.split()[0] == "numba"  # the compiled kernel, cached in the fallback folder
+
+
+def test_the_numba_fallback_folder_must_be_private_to_the_user(tmp_path, monkeypatch):
+    """The fallback cache is unpickled on load: a folder someone else made (or left open to others) is not used."""
+    import tempfile
+
+    from agnet import metrics
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(metrics, "_writable", lambda folder: False)  # neither the package nor HOME writable
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    private = tmp_path / f"agnet-numba-cache-{os.getuid()}"
+    assert metrics.numba_cache_dir() == str(private) and (private.stat().st_mode & 0o777) == 0o700
+    private.chmod(0o777)  # now writable by anyone: refused, a fresh private folder instead
+    chosen = Path(metrics.numba_cache_dir())
+    assert chosen != private and chosen.parent == tmp_path and (chosen.stat().st_mode & 0o777) == 0o700
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert metrics.numba_cache_dir() is None  # the user's own choice wins

@@ -70,6 +70,7 @@ def test_an_edited_evaluation_setting_reruns_its_evaluations_and_no_training(tin
     cases = [(overlay(tmp_path, f"edit{i}", {"evaluation": edit}), edit, expected | REPORT)
              for i, (edit, expected) in enumerate(EVALUATION_EDITS)]
     cases += [(overlay(tmp_path, "lists", {"evaluation": {"vehicleid_test_sizes": [800]}}), "twin lists", set()),
+              (overlay(tmp_path, "strict", {"datasets": {VERI: {"strict": True}}}), "strict", {f"verify:{VERI}"}),
               (overlay(tmp_path, "ops", {"training": {"workers": 3, "log_every": 2}, "evaluation": {"workers": 2}}),
                "operational", set())]
     with ThreadPoolExecutor(2) as pool:  # dry runs only read the copy

@@ -64,6 +64,10 @@ DEPENDANTS = [
     ({"training": {"hard_negative_fraction": 0.25}}, {"train/agnet_ce", "train/agnet_asl"}),  # Only-ID: no mining
     ({"variants": {"agnet_ce": {"lr": 0.01}}}, {"train/agnet_ce"}),
     ({"seeds": [0, 1, 2]}, set()),  # more runs, the same settings per run
+    # another twin: its lists (extraction, evaluation) and the stand-ins the tables and claims state; figures not
+    ({"datasets": {"vehicleid-synth": {"source": {"vehicles": 240}}}},
+     {"extract/vehicleid-synth", "evaluate/vehicleid-synth", "report/tables", "report/claims"}),
+    ({"training": {"lr": 0.05, "loss_weights": {"verify": 1}}}, set()),  # demo's lr written again; 1 == 1.0
     ({"figures": {"seed": 1}}, set()),  # another illustrated run: an input, not a setting
     *[({"training": {key: value}}, set()) for key, value in
       (("workers", 2), ("log_every", 3), ("decoded_cache", False), ("channels_last", "off"),
@@ -127,6 +131,15 @@ def test_a_document_round_trips_to_the_settings_a_job_runs_with(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(AgnetError, match="not a settings document"):
         read_document(path, "train")
+    for key, stage, lacks in (("report/tables", "report", "settings.datasets"),
+                              ("evaluate/veri-synth", "evaluate", "settings.distance"),
+                              ("train/agnet_ce", "train", "variant")):
+        broken = json.loads(result.text(key))
+        holder = broken if lacks == "variant" else broken["settings"]
+        holder.pop(lacks.removeprefix("settings."))
+        path.write_text(json.dumps(broken))
+        with pytest.raises(AgnetError, match=f"the {stage} settings document lacks {lacks}"):
+            read_document(path, stage)
 
 
 def test_a_ce_variant_does_not_read_the_als_constants():
@@ -192,3 +205,18 @@ def test_config_check_and_settings_commands(tmp_path, capsys):
     bad.write_text("figures: {seed: 9}\n")
     assert main(["config", "check", str(REPO / "config.yaml"), demo, str(bad)]) == 1
     assert "figures.seed: 9 is not trained" in capsys.readouterr().err
+
+
+def test_a_job_refuses_a_document_other_than_the_one_planned(tmp_path, capsys):
+    """The workflow gives each job its document's sha256: a document edited, or left from another configuration,
+    is refused with one line instead of being trained or scored with."""
+    result = plan(demo_config())
+    doc = tmp_path / "evaluate.json"
+    doc.write_text(result.text("evaluate/veri-synth"))
+    argv = ["evaluate", "--settings", str(doc), "--features", str(tmp_path / "f.pt"), "--manifest",
+            str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out.json")]
+    assert main([*argv, "--settings-sha256", "0" * 64]) == 1
+    err = capsys.readouterr().err
+    assert "does not hold the settings planned for this job" in err and "delete it and rerun" in err
+    assert main([*argv, "--settings-sha256", result.digest("evaluate/veri-synth")]) == 1  # accepted; then no manifest
+    assert "planned" not in capsys.readouterr().err

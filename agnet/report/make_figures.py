@@ -38,7 +38,8 @@ def make_figures(settings: dict[str, Any], out_dir: str | Path, cmc_path: str | 
     if illustrate and shown is None:
         raise AgnetError("the settings given do not say how to illustrate runs (descriptor, distance, alpha): pass "
                          "the report/figures_illustrations settings document")
-    for fmt in ("veri", "vehicleid"):
+    needed = ({"veri", "vehicleid"} if cmc_path is not None or illustrate else set()) | ({"veri"} if train_logs else set())
+    for fmt in sorted(needed):
         if fmt not in contexts:
             raise AgnetError(f"the figures need a {fmt}-format dataset in `run`")
     out_dir = Path(out_dir)

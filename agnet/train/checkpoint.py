@@ -22,6 +22,7 @@ import torch
 from agnet.errors import AgnetError
 from agnet.fileio import atomic_path
 from agnet.settings import OPERATIONAL as OPERATIONAL_SETTINGS
+from agnet.settings import canonical_training
 
 # Settings that change how a run executes, not what it computes (agnet.settings.OPERATIONAL): they may differ on
 # resume, as they never trigger a rerun.
@@ -99,8 +100,9 @@ def check_compatible(state: dict[str, Any], settings: dict[str, Any], seed: int,
     if unknown:
         raise AgnetError(f"--allow-changed {', '.join(unknown)}: only {', '.join(CHANGEABLE)} may change on resume")
     defaults = {"max_steps": None, "compile": False}  # keys newer than some checkpoints
-    saved = {k: v for k, v in {**defaults, **state["settings"]}.items() if k not in OPERATIONAL}
-    wanted = {k: v for k, v in settings.items() if k not in OPERATIONAL}
+    # canonical: what a variant does not read (a CE variant's ALS constants) or 1 vs 1.0 compares equal
+    saved = {k: v for k, v in canonical_training({**defaults, **state["settings"]}).items() if k not in OPERATIONAL}
+    wanted = {k: v for k, v in canonical_training({**defaults, **settings}).items() if k not in OPERATIONAL}
     differing = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     changed = {k: [saved.get(k), wanted.get(k)] for k in differing if k in allow and not finished}
     what = "model.pt" if finished else "checkpoint"

@@ -124,10 +124,13 @@ def dataset_settings(stage):
 
 
 def weights_input(wildcards):
-    """The ImageNet weights (record and folder) a run needs, if its variant starts from ImageNet."""
+    """The initial weights a run reads: ImageNet's (record and folder), or the state-dict file `pretrained` names
+    (an input, so a rewritten file retrains); none from random initialisation."""
     settings = PLAN.document(f"train/{wildcards.variant}")["settings"]
-    if settings["pretrained"] != "imagenet":
+    if settings["pretrained"] == "none":
         return []
+    if settings["pretrained"] != "imagenet":
+        return [settings["pretrained"]]
     return [
         f"results/weights/{settings['backbone']}.json",
         f"results/weights/{settings['backbone']}",

@@ -31,7 +31,7 @@ rule extract:
         settings_sha256=settings_digest("extract"),
         operational=operational_flags("extract"),
     shell:
-        "python -m agnet extract --settings {input.settings:q} --model {input.model:q} --manifest {input.manifest:q}"
+        "python -m agnet extract --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --model {input.model:q} --manifest {input.manifest:q}"
         " --out {output.features:q} {params.operational} --no-progress > {log:q} 2>&1"
 
 
@@ -58,7 +58,7 @@ rule evaluate:
     params:
         settings_sha256=settings_digest("evaluate"),
     shell:
-        "python -m agnet evaluate --settings {input.settings:q} --features {input.features:q}"
+        "python -m agnet evaluate --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --features {input.features:q}"
         " --manifest {input.manifest:q} --model {input.model:q} -o {output.metrics:q} > {log:q} 2>&1"
 
 

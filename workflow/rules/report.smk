@@ -30,7 +30,7 @@ rule tables:
     params:
         settings_sha256=settings_digest("report", "tables"),
     shell:
-        "python -m agnet report tables --settings {input.settings:q} --summary {input.summary:q}"
+        "python -m agnet report tables --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --summary {input.summary:q}"
         " --out results/tables > {log:q} 2>&1"
 
 
@@ -52,7 +52,7 @@ rule claims:
     params:
         settings_sha256=settings_digest("report", "claims"),
     shell:
-        "python -m agnet report claims --settings {input.settings:q} --runs {input.runs:q}"
+        "python -m agnet report claims --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --runs {input.runs:q}"
         " --markdown {output.md:q} --json {output.json:q} > {log:q} 2>&1"
 
 
@@ -77,7 +77,7 @@ rule figures_cmc:
         settings_sha256=settings_digest("report", "figures_cmc"),
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures --settings {input.settings:q} --cmc {input.cmc:q}"
+        "python -m agnet report figures --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --cmc {input.cmc:q}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -103,7 +103,7 @@ rule figures_illustrations:
         inputs=illustrate_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures --settings {input.settings:q} {params.inputs}"
+        "python -m agnet report figures --settings {input.settings:q} --settings-sha256 {params.settings_sha256} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -129,5 +129,5 @@ rule figures_training:
         inputs=train_log_args,
         out_dir=lambda wc, output: str(Path(output.png[0]).parent),
     shell:
-        "python -m agnet report figures --settings {input.settings:q} {params.inputs}"
+        "python -m agnet report figures --settings {input.settings:q} --settings-sha256 {params.settings_sha256} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -39,6 +39,7 @@ rule train:
         "results/benchmarks/{ds}/train/{variant}-seed{seed}.tsv"
     wildcard_constraints:
         seed=r"\d+",
+        variant=one_of(config["train_variants"]),  # the variants with a settings document
     conda:
         "../../environment.yml"
     threads: 4
@@ -52,6 +53,6 @@ rule train:
         weights_cache=weights_cache,
         operational=operational_flags("train"),
     shell:
-        "python -m agnet train --settings {input.settings:q} --manifest {input.manifest:q}"
+        "python -m agnet train --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --manifest {input.manifest:q}"
         " --seed {wildcards.seed} --out {params.run_dir:q} --weights-cache {params.weights_cache:q}"
         " {params.operational} --resume --no-progress > {log:q} 2>&1"
