@@ -72,6 +72,9 @@ def cluster():
         stopped = subprocess.run([str(LOCAL_SLURM), "stop"], check=False, env=env, capture_output=True, text=True, timeout=300)
         shutil.rmtree(STATE, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stderr[-2000:]
+        # its configuration is gone too: a slurm.conf without a controller makes every later Snakemake start wait
+        # ~9 s (the SLURM plugin asks `scontrol show config` on import)
+        assert not Path("/etc/slurm/slurm.conf").exists()
 
 
 def _running_job(comment_prefix: str) -> str | None:

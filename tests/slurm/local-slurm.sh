@@ -5,7 +5,7 @@
 #   sudo tests/slurm/local-slurm.sh start     # install (Debian/Ubuntu) and start munged, MariaDB,
 #                                             # slurmdbd, slurmctld, slurmd; prints how to run the DAG
 #   sudo tests/slurm/local-slurm.sh status    # sinfo + the recorded daemons
-#   sudo tests/slurm/local-slurm.sh stop      # stops exactly the daemons `start` recorded
+#   sudo tests/slurm/local-slurm.sh stop      # stops exactly the daemons `start` recorded, removes its configs
 #   sudo tests/slurm/local-slurm.sh install   # only install the Debian packages (`start` does it too)
 #
 # Everything it writes lives under $LOCAL_SLURM_STATE (default /tmp/agnet-local-slurm), except
@@ -259,6 +259,11 @@ TXT
             [[ -n ${jobs// /} ]] && { say "cancelling jobs $jobs"; timeout 10 scancel $jobs || true; sleep 2; }
         fi
         for d in slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon $d; done
+        # and the configuration it wrote: with a slurm.conf and no controller, every SLURM client (and so every
+        # Snakemake start, whose SLURM plugin runs `scontrol show config` on import) waits ~9 s for a timeout
+        if [[ -e /etc/slurm/slurm.conf ]] && grep -qF "$MARKER" /etc/slurm/slurm.conf; then
+            rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/slurm/slurmdbd.conf
+        fi
         ;;
     *) die "usage: $0 {install|start|status|stop}" ;;
 esac
