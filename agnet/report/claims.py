@@ -44,13 +44,17 @@ from agnet.report.paper import (
     table_findings,
     table_row,
 )
-from agnet.report.stats import ALPHA, LEVEL, POWER, Evidence, decide, evidence, holm
+from agnet.report.stats import ALPHA, LEVEL, POWER, Evidence, decide, evidence, holm, vehicle_bootstrap
 from agnet.report.tables import group_protocols, source_line
 
 METRIC_COLUMN = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
+BOOTSTRAP_REPS = 1000  # vehicle-bootstrap replicates per claim (the test set's standard error to ~2 %)
+BOOTSTRAP_SEED = 0
 RULE = (f"direction: one-sided t-test of gap > 0 over training seeds at α = {ALPHA:g}, Holm-adjusted within the "
-        f"claim's family; size: the paper's gap (one run) inside the {LEVEL:.0%} prediction interval of one run's gap, "
-        "mean ± t·s·√(1 + 1/n) (assumes the paper's run scatters like one of ours)")
+        "claim's family, its standard error √(s²/n + se²) joining the seed spread s and the test set's se (a paired "
+        f"bootstrap over whole test vehicles, {BOOTSTRAP_REPS} draws); size: the paper's gap (one run, on the same "
+        f"test set) inside the {LEVEL:.0%} prediction interval of one run's gap, mean ± t·s·√(1 + 1/n) (assumes the "
+        "paper's run scatters like one of ours)")
 LEGEND = {
     "reproduced": "direction established (family-adjusted p < 0.05) and the paper's gap inside the prediction interval",
     "direction only": "direction established, the paper's gap outside the prediction interval (ours smaller or larger)",
@@ -158,6 +162,7 @@ class Verdict:
     pi_high: float | None = None
     detectable: float | None = None
     seeds_needed: int | None = None
+    test_se: float | None = None  # the test set's standard error of the gap (vehicle bootstrap); None: not measured
     diffs: tuple[float, ...] = ()
 
 
@@ -184,13 +189,47 @@ def family_of(claim: Claim, statements: dict[str, dict]) -> tuple[str, bool]:
     return statement.get("family", claim.statement.split(", ")[0]), bool(statement.get("primary", False))
 
 
-def check(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins: dict[int, int] | None = None) -> Verdict:
+class QueryIndex:
+    """Per-query rows of every run (:mod:`agnet.queries`), looked up by (dataset, variant, descriptor, protocol):
+    seed -> rows."""
+
+    def __init__(self, table: pd.DataFrame | None = None):
+        self._groups: dict[tuple, dict[int, pd.DataFrame]] = {}
+        if table is not None and not table.empty:
+            for (dataset, variant, descriptor, protocol, seed), rows in table.groupby(
+                    ["dataset", "variant", "descriptor", "protocol", "seed"], sort=False, observed=True):
+                self._groups.setdefault((dataset, variant, descriptor, protocol), {})[int(seed)] = rows
+
+    def __bool__(self) -> bool:
+        return bool(self._groups)
+
+    def runs(self, dataset: str, side: Side, protocol: str | None) -> dict[int, pd.DataFrame] | None:
+        return self._groups.get((dataset, side.variant, side.descriptor, protocol))
+
+
+def _test_se(claim: Claim, queries: QueryIndex | None, dataset: str, protocols: tuple, seeds) -> float | None:
+    """The vehicle bootstrap's standard error of the claim's gap, on the seeds judged; None without per-query data."""
+    if not queries:
+        return None
+    a = queries.runs(dataset, claim.a, protocols[0])
+    b = None if claim.b.variant is None else queries.runs(dataset, claim.b, protocols[1])
+    if a is None or (claim.b.variant is not None and b is None):
+        return None
+    a = {s: a[s] for s in seeds if s in a}
+    b = None if b is None else {s: b[s] for s in seeds if s in b}
+    if len(a) != len(seeds) or (b is not None and len(b) != len(seeds)):
+        return None
+    return vehicle_bootstrap(a, b, claim.metric, reps=BOOTSTRAP_REPS, seed=BOOTSTRAP_SEED)
+
+
+def check(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins: dict[int, int] | None = None,
+          queries: QueryIndex | None = None) -> Verdict:
     """The evidence of one claim on one dataset's per-seed results (``runs``: one row per run, metrics in [0, 1]),
     decided as a family of one; :func:`check_all` decides families together."""
-    return _decide_family([_evidence(claim, runs, dataset, stand_ins)])[0]
+    return _decide_family([_evidence(claim, runs, dataset, stand_ins, queries)])[0]
 
 
-def _evidence(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins) -> Verdict:
+def _evidence(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins, queries: QueryIndex | None = None) -> Verdict:
     available = sorted(runs.loc[runs["dataset"] == dataset, "protocol"].unique())
 
     def protocol_of(side: Side) -> str | None:
@@ -215,14 +254,19 @@ def _evidence(claim: Claim, runs: pd.DataFrame, dataset: str, stand_ins) -> Verd
     verdict = "" if n else "inconclusive (result missing)"
     if flag_a or flag_b:
         verdict = "not judged (includes a truncated run or one resumed with a changed schedule)"
+    test_se = None
+    if n and not verdict:
+        test_se = _test_se(claim, queries, dataset, (protocol_of(claim.a), protocol_of(claim.b)),
+                           [int(s) for s in paired.index])
     return Verdict(claim, dataset, float(paired["a"].mean()) if n else None, float(paired["b"].mean()) if n else None,
-                   float(sum(diffs) / n) if n else None, None, None, n, verdict, diffs=diffs)
+                   float(sum(diffs) / n) if n else None, None, None, n, verdict, test_se=test_se, diffs=diffs)
 
 
 def _decide_family(members: list[Verdict]) -> list[Verdict]:
     """Holm within the judged members of one family, then each member's verdict and power."""
     judged = [v for v in members if not v.verdict]
-    evs: list[Evidence] = [evidence(v.diffs, v.claim.paper_gap, family=len(judged)) for v in judged]
+    evs: list[Evidence] = [evidence(v.diffs, v.claim.paper_gap, family=len(judged), test_se=v.test_se or 0.0)
+                           for v in judged]
     adjusted = dict(zip(map(id, judged), holm([e.p_one for e in evs]), strict=True))
     decided = []
     for v in members:
@@ -237,9 +281,10 @@ def _decide_family(members: list[Verdict]) -> list[Verdict]:
     return decided
 
 
-def check_all(runs: pd.DataFrame, datasets: dict[str, dict], statements: list[dict] | None = None) -> list[Verdict]:
+def check_all(runs: pd.DataFrame, datasets: dict[str, dict], statements: list[dict] | None = None,
+              queries: QueryIndex | None = None) -> list[Verdict]:
     """Every claim whose dataset format is in ``datasets`` (format -> context with ``dataset``, ``stand_ins``),
-    decided family by family (Holm within each)."""
+    decided family by family (Holm within each); with ``queries`` the test set's uncertainty joins the seeds'."""
     statements = statements if statements is not None else load_statements()
     by_id = {s["id"]: s for s in statements}
     members: dict[tuple[str, str], list[Verdict]] = {}
@@ -249,7 +294,7 @@ def check_all(runs: pd.DataFrame, datasets: dict[str, dict], statements: list[di
             continue
         context = datasets[claim.dataset]
         family, primary = family_of(claim, by_id)
-        v = replace(_evidence(claim, runs, context["dataset"], context.get("stand_ins")), family=family,
+        v = replace(_evidence(claim, runs, context["dataset"], context.get("stand_ins"), queries), family=family,
                     primary=primary)
         members.setdefault((family, v.dataset), []).append(v)
         order.append(claim.id)
@@ -265,18 +310,19 @@ def _power_line(v: Verdict) -> str:
     if v.df is None:
         return "n/a"
     needed = "n/a" if v.seeds_needed is None else (f"> {1000}" if v.seeds_needed > 1000 else str(v.seeds_needed))
-    return f"{v.df} | {v.t_crit:.2f} | {v.sd:.2f} | {v.detectable:.2f} | {needed}"
+    test = "n/a" if v.test_se is None else f"{v.test_se:.2f}"
+    return f"{v.df} | {v.t_crit:.2f} | {v.sd:.2f} | {test} | {v.detectable:.2f} | {needed}"
 
 
 def _table(verdicts: list[Verdict]) -> list[str]:
     lines = [("| claim | family | dataset | paper gap | our A | our B | our gap | 95 % CI | 95 % PI | p (family) | n | "
-              "df | t crit | seed sd | detectable gap | seeds needed | verdict |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "df | t crit | seed sd | test-set se | detectable gap | seeds needed | verdict |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         ci = "n/a" if v.low is None else f"[{v.low:+.2f}, {v.high:+.2f}]"
         pi = "n/a" if v.pi_low is None else f"[{v.pi_low:+.2f}, {v.pi_high:+.2f}]"
         p = "n/a" if v.p_family is None else f"{v.p_family:.3f}"
-        power = _power_line(v) if v.df is not None else "n/a | n/a | n/a | n/a | n/a"
+        power = _power_line(v) if v.df is not None else "n/a | n/a | n/a | n/a | n/a | n/a"
         lines.append(f"| {v.claim.text} | {v.family} | {v.dataset} | {v.claim.paper_gap:+.2f} | {_fmt(v.ours_a)} | "
                      f"{_fmt(v.ours_b)} | {_fmt(v.gap, sign=True)} | {ci} | {pi} | {p} | {v.seeds} | {power} | "
                      f"{v.verdict} |")
@@ -319,8 +365,12 @@ def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str
               (f"Gap = A − B in percentage points; the paper's gap is computed from its Tables I–IV. Rule: {RULE}. "
                f"df = seeds − 1; 't crit' is the one-sided {1 - ALPHA:.0%} critical value before Holm; 'detectable "
                f"gap' is the smallest gap found with {POWER:.0%} power at these seeds (family size included); 'seeds "
-               "needed' the seeds for the paper's gap to be detectable so, from the measured spread. Raise `seeds` in "
-               "the config (e.g. `--config 'seeds=[0,1,2,3,4,5]'`) to reach it; every run is reused."), ""]
+               "needed' the seeds for the paper's gap to be detectable so, from the measured spread. 'test-set se' is "
+               "the bootstrap's standard error of the gap over test vehicles (same draw for both arms and all seeds; "
+               "from each run's queries.parquet, so anyone can redo it); it widens the confidence interval and the "
+               "direction test, and no number of seeds removes it (> 1000 seeds needed then means: a larger test set "
+               "would be). Raise `seeds` in the config (e.g. `--config 'seeds=[0,1,2,3,4,5]'`) to reach it; every run "
+               "is reused."), ""]
     lines += [f"- **{name}**: {meaning}" for name, meaning in LEGEND.items()]
     primary = [v for v in verdicts if v.primary]
     lines += ["", "## Primary claims", "",

@@ -13,6 +13,12 @@ The unit of replication is the training seed: a claim "A beats B" gives one pair
   exact, does: its width shrinks as 1/√n while g_p's own noise does not). Assumption, stated in the report: the
   paper's run scatters like one of ours.
 
+* **The test set** — every seed is scored on the same test vehicles, so the seed spread s does not show how much the
+  gap would move on other vehicles. :func:`vehicle_bootstrap` resamples whole test vehicles (the same draw for both
+  arms and every seed, so the contrast stays paired) and gives the standard error se of the seed-mean gap from the
+  test set; the direction test and the confidence interval use √(s²/n + se²) (df n − 1). The prediction interval
+  does not: the paper's run was scored on the same test set, so it shares that component.
+
 Verdicts (:func:`decide`): **reproduced** = direction established and size consistent; **direction only** = direction
 established, the paper's gap outside the prediction interval (ours smaller or larger); **not reproduced** = the 95 %
 confidence interval lies below 0 (reversed), or the paper's gap lies above the prediction interval without an
@@ -55,39 +61,51 @@ class Evidence:
     pi_high: float | None
     detectable: float | None  # smallest gap detected with 80 % power at this n (family size included)
     seeds_needed: int | None  # seeds to detect the paper's gap with 80 % power (None: not estimable)
+    test_se: float = 0.0  # standard error of the seed-mean gap from the test set (vehicle bootstrap; 0: not measured)
 
 
 def _t(q: float, df: int) -> float:
     return float(stdtrit(df, q))
 
 
-def detectable_gap(sd: float, n: int, family: int = 1) -> float:
-    """The gap a one-sided test at α/family detects with 80 % power with n seeds and spread sd (t approximation)."""
+def standard_error(sd: float, n: int, test_se: float = 0.0) -> float:
+    """The standard error of the seed-mean gap: seed noise sd/√n combined with the test set's (test_se)."""
+    return math.sqrt(sd * sd / n + test_se * test_se)
+
+
+def detectable_gap(sd: float, n: int, family: int = 1, test_se: float = 0.0) -> float:
+    """The gap a one-sided test at α/family detects with 80 % power with n seeds, seed spread sd and the test set's
+    standard error test_se (t approximation, df = n − 1)."""
     df = n - 1
-    return (_t(1 - ALPHA / family, df) + _t(POWER, df)) * sd / math.sqrt(n)
+    return (_t(1 - ALPHA / family, df) + _t(POWER, df)) * standard_error(sd, n, test_se)
 
 
-def seeds_needed(gap: float, sd: float, family: int = 1) -> int | None:
+def seeds_needed(gap: float, sd: float, family: int = 1, test_se: float = 0.0) -> int | None:
     """The fewest seeds (≥ 2) whose detectable gap is at most ``gap``; None if ``gap`` is not positive or sd unknown,
-    ``MAX_SEEDS + 1`` when more than :data:`MAX_SEEDS` would be needed."""
+    ``MAX_SEEDS + 1`` when more than :data:`MAX_SEEDS` would be needed (or when the test set's own uncertainty alone
+    hides the gap: more seeds cannot help, a larger test set would)."""
     if not gap > 0 or sd is None or not math.isfinite(sd):
         return None
-    if sd == 0:
+    if sd == 0 and test_se == 0:
         return 2
     for n in range(2, MAX_SEEDS + 1):
-        if detectable_gap(sd, n, family) <= gap:
+        if detectable_gap(sd, n, family, test_se) <= gap:
             return n
     return MAX_SEEDS + 1
 
 
-def evidence(diffs: Sequence[float], paper_gap: float, family: int = 1) -> Evidence:
-    """The :class:`Evidence` of per-seed differences ``diffs`` for a claim of the paper's gap ``paper_gap``."""
+def evidence(diffs: Sequence[float], paper_gap: float, family: int = 1, test_se: float = 0.0) -> Evidence:
+    """The :class:`Evidence` of per-seed differences ``diffs`` for a claim of the paper's gap ``paper_gap``;
+    ``test_se`` the test set's standard error of their mean (:func:`vehicle_bootstrap`), added to the seed level for
+    the direction test and the confidence interval (not the prediction interval: the paper's run was scored on the
+    same test set)."""
     d = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], dtype=float)
     n = len(d)
     if n < 2:
-        return Evidence(n, float(d.mean()) if n else None, None, None, None, None, None, None, None, None, None, None)
+        return Evidence(n, float(d.mean()) if n else None, None, None, None, None, None, None, None, None, None, None,
+                        test_se)
     mean, sd, df = float(d.mean()), float(d.std(ddof=1)), n - 1
-    se = sd / math.sqrt(n)
+    se = standard_error(sd, n, test_se)
     if se > 0:
         p_one = float(1.0 - stdtr(df, mean / se))
     else:
@@ -95,7 +113,8 @@ def evidence(diffs: Sequence[float], paper_gap: float, family: int = 1) -> Evide
     half = _t(0.5 + LEVEL / 2, df) * se
     pi_half = _t(0.5 + LEVEL / 2, df) * sd * math.sqrt(1 + 1 / n)
     return Evidence(n, mean, sd, df, _t(1 - ALPHA, df), p_one, mean - half, mean + half, mean - pi_half,
-                    mean + pi_half, detectable_gap(sd, n, family), seeds_needed(paper_gap, sd, family))
+                    mean + pi_half, detectable_gap(sd, n, family, test_se), seeds_needed(paper_gap, sd, family, test_se),
+                    test_se)
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
@@ -127,15 +146,15 @@ def decide(ev: Evidence, paper_gap: float, p_adjusted: float | None) -> str:
 VERDICT_WORDS = ("reproduced", "direction", "not", "inconclusive")
 
 
-def decide_arrays(d: np.ndarray, paper: np.ndarray) -> np.ndarray:
+def decide_arrays(d: np.ndarray, paper: np.ndarray, test_se: float | np.ndarray = 0.0) -> np.ndarray:
     """:func:`decide` for many families at once: ``d`` (R, m, n) per-seed differences of R families of m claims,
-    ``paper`` (R, m) the paper's gaps; returns (R, m) indices into :data:`VERDICT_WORDS` (Holm within each family).
-    The same rule as :func:`evidence` + :func:`holm` + :func:`decide` (tested against them), vectorised for
-    simulation."""
+    ``paper`` (R, m) the paper's gaps, ``test_se`` the test set's standard error (scalar or (R, m)); returns (R, m)
+    indices into :data:`VERDICT_WORDS` (Holm within each family). The same rule as :func:`evidence` + :func:`holm` +
+    :func:`decide` (tested against them), vectorised for simulation."""
     n = d.shape[-1]
     df = n - 1
     mean, sd = d.mean(-1), d.std(-1, ddof=1)
-    se = sd / math.sqrt(n)
+    se = np.sqrt(sd * sd / n + np.square(test_se))
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(se > 0, 1.0 - stdtr(df, mean / se), np.where(mean > 0, 0.0, 1.0))
     m = p.shape[-1]
@@ -153,14 +172,68 @@ def decide_arrays(d: np.ndarray, paper: np.ndarray) -> np.ndarray:
 
 
 def operating_characteristics(true_gap: float, sd: float, n: int, reps: int = 20_000, family: int = 1,
-                              seed: int = 0, paper_gap: float | None = None) -> dict[str, float]:
+                              seed: int = 0, paper_gap: float | None = None, test_sd: float = 0.0) -> dict[str, float]:
     """Simulated verdict frequencies: each of ``reps`` replications draws n per-seed differences N(true_gap, sd²)
     for each of ``family`` claims and one paper run per claim from the same distribution (or the fixed printed
     ``paper_gap``); the share of claims per verdict word (:data:`VERDICT_WORDS`) and the family-wise rate of at
-    least one "reproduced"."""
+    least one "reproduced". ``test_sd`` > 0 adds the test set: each replication draws one test set, which shifts
+    every seed's difference by a common N(0, test_sd²) and is known to the rule as its standard error (what the
+    vehicle bootstrap estimates); the paper's run, scored on the same test set, shares that shift."""
     rng = np.random.default_rng([seed, n, family])
     d = rng.normal(true_gap, sd, size=(reps, family, n))
     paper = rng.normal(true_gap, sd, size=(reps, family)) if paper_gap is None else np.full((reps, family), paper_gap)
-    codes = decide_arrays(d, paper)
+    if test_sd > 0:
+        shift = rng.normal(0.0, test_sd, size=(reps, family, 1))
+        d = d + shift
+        paper = paper + shift[..., 0] if paper_gap is None else paper
+    codes = decide_arrays(d, paper, test_sd)
     shares = {word: float((codes == k).mean()) for k, word in enumerate(VERDICT_WORDS)}
     return {**shares, "family_any_reproduced": float((codes == 0).any(axis=-1).mean())}
+
+
+def _per_vehicle(rows, vehicles: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(T, V) sums of a per-query metric over each vehicle's scored queries, and their counts, per trial."""
+    ap = rows["ap"].to_numpy(np.float64)
+    scored = ~np.isnan(ap)
+    if metric == "mAP":
+        value = np.where(scored, ap, 0.0)
+    elif metric.lower().startswith("rank"):
+        k = int(metric[4:])
+        rank = rows["first_match_rank"].to_numpy()
+        value = (scored & (rank >= 1) & (rank <= k)).astype(np.float64)
+    else:
+        raise ValueError(f"no per-query form of metric {metric!r} (mAP, Rank1, Rank5, ...)")
+    column = np.searchsorted(vehicles, rows["vehicle_id"].to_numpy())
+    trials = rows["trial"].to_numpy()
+    n_trials = int(trials.max()) + 1 if len(trials) else 0
+    flat = trials * len(vehicles) + column
+    size = n_trials * len(vehicles)
+    sums = np.bincount(flat, weights=value, minlength=size).reshape(n_trials, len(vehicles))
+    counts = np.bincount(flat, weights=scored.astype(np.float64), minlength=size).reshape(n_trials, len(vehicles))
+    return sums, counts
+
+
+def vehicle_bootstrap(a: dict, b: dict | None, metric: str, reps: int = 1000, seed: int = 0) -> float:
+    """The test set's standard error (percentage points) of the seed-mean gap A − B, by a paired bootstrap over test
+    vehicles: each replicate draws the test vehicles with replacement (a vehicle's queries go together, in every
+    trial) and recomputes, with the SAME draw for both arms and every seed, each run's metric as the mean over the
+    drawn queries (averaged over VehicleID's trials); the sd over replicates of the mean over seeds of A_s − B_s.
+
+    ``a`` / ``b``: seed -> that run's per-query rows of one descriptor and protocol (:mod:`agnet.queries` columns);
+    ``b`` None when B is a published number (a constant). Only seeds both arms ran count."""
+    seeds = sorted(set(a) & set(b)) if b is not None else sorted(a)
+    if not seeds:
+        return 0.0
+    frames = [a[s] for s in seeds] + ([b[s] for s in seeds] if b is not None else [])
+    vehicles = np.unique(np.concatenate([f["vehicle_id"].to_numpy() for f in frames]))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(vehicles), np.full(len(vehicles), 1.0 / len(vehicles)), size=reps).astype(np.float64)
+
+    def metric_of(rows) -> np.ndarray:  # (reps,) the run's metric under each replicate
+        sums, counts = _per_vehicle(rows, vehicles, metric)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (weights @ sums.T / (weights @ counts.T)).mean(axis=1)
+
+    gap = np.mean([metric_of(a[s]) - (metric_of(b[s]) if b is not None else 0.0) for s in seeds], axis=0)
+    gap = gap[np.isfinite(gap)]
+    return float(100 * gap.std(ddof=1)) if len(gap) > 1 else 0.0

@@ -236,7 +236,7 @@ def test_claims_report_shows_intervals_n_verdicts_legend_and_findings(tmp_path):
     assert f"Computed from results/metrics/runs.csv (sha256 {'cd' * 32})." in text
     assert "Synthetic twins, not the real datasets" in text and "prediction interval" in text
     assert "## Primary claims" in text and "| family | dataset | claims | verdicts | seeds |" in text
-    assert "| df | t crit | seed sd | detectable gap | seeds needed |" in text and "Summary:" not in text
+    assert "| df | t crit | seed sd | test-set se | detectable gap | seeds needed |" in text and "Summary:" not in text
     primary = text.split("## Primary claims")[1].split("## Other claims")[0]
     assert "als-vs-ce" in primary and "asl-vs-only-id" in primary and "| str |" in primary
     assert "veri-vs-lomo" not in primary
@@ -272,3 +272,33 @@ def test_the_table_audit_is_computed_from_the_tables():
     rows = dup["tables"]["table3"]["rows"]
     rows[1]["values"] = list(rows[0]["values"])
     assert ("duplicate-rows", "Table III: Only-ID and AGNet-CE-Attr") in {(f.check, f.cells) for f in table_findings(dup)}
+
+
+def test_the_test_sets_uncertainty_joins_the_seeds_and_can_change_a_verdict():
+    """Four seeds agree on a +1.5 gap (a 'reproduced' claim on seeds alone); but the gap comes from a handful of test
+    vehicles, so resampling whole vehicles shows it could be chance: with the per-query results the interval widens
+    by the bootstrap's standard error and the direction is no longer established."""
+    from agnet.report.claims import QueryIndex
+
+    c = claim("asl-vs-ce/table3/mAP/")
+    rng = np.random.default_rng(1)
+    vehicles = np.repeat(np.arange(40), 3)
+    base = rng.uniform(0.3, 0.7, size=len(vehicles))
+    lucky = np.isin(vehicles, [0, 1])  # the whole gap sits on 2 of 40 vehicles
+    rows, per_seed_a, per_seed_b = [], {}, {}
+    for seed in range(4):
+        a_ap = np.clip(base + lucky * (0.30 + 0.002 * seed), 0, 1)
+        for variant, ap in (("agnet_asl", a_ap), ("agnet_ce", base)):
+            rows.append(pd.DataFrame({"dataset": "veri-x", "variant": variant, "seed": seed, "descriptor": "All",
+                                      "protocol": "veri", "trial": 0, "query": np.arange(len(ap)),
+                                      "vehicle_id": vehicles, "ap": ap, "first_match_rank": 1}))
+        per_seed_a[seed], per_seed_b[seed] = float(a_ap.mean()), float(base.mean())
+    table = runs([("veri-x", "agnet_asl", "All", "veri", per_seed_a), ("veri-x", "agnet_ce", "All", "veri", per_seed_b)])
+    seeds_only = check(c, table, "veri-x")
+    both = check(c, table, "veri-x", queries=QueryIndex(pd.concat(rows, ignore_index=True)))
+    assert seeds_only.test_se is None and seeds_only.verdict == "reproduced"
+    assert both.test_se > 1.0 and both.gap == pytest.approx(seeds_only.gap)
+    se = np.sqrt(both.sd ** 2 / 4 + both.test_se ** 2)
+    assert both.high - both.low == pytest.approx(2 * stats.t.ppf(0.975, 3) * se)
+    assert (both.pi_low, both.pi_high) == (pytest.approx(seeds_only.pi_low), pytest.approx(seeds_only.pi_high))
+    assert both.verdict.startswith("inconclusive")

@@ -78,3 +78,53 @@ def test_evidence_power_and_holm():
     assert seeds_needed(-1.0, sd) is None and seeds_needed(1.0, 50.0) == 1001  # "more than 1000"
     assert holm([0.01, 0.04, None, 0.03]) == [pytest.approx(0.03), pytest.approx(0.06), None, pytest.approx(0.06)]
     assert evidence([1.0], 1.0).df is None and decide(evidence([1.0], 1.0), 1.0, None).startswith("inconclusive")
+
+
+# ------------------------------------------------------------------ the test set's uncertainty (vehicle bootstrap)
+
+
+@pytest.mark.parametrize("n", (3, 10, 30))
+def test_with_the_test_set_uncertainty_no_gap_is_still_called_reproduced_at_most_5_percent(n):
+    """A common test-set shift of 1 seed spread: without it in the rule, a null gap is called 'reproduced' far too
+    often at many seeds; with the bootstrap's standard error joined to the seeds', at most 5 %."""
+    assert operating_characteristics(0.0, SD, n, reps=REPS, test_sd=SD)["reproduced"] <= 0.05 + 0.004
+    ignored = decide_arrays(np.random.default_rng(n).normal(0, SD, (REPS, 1, n))
+                            + np.random.default_rng(n + 1).normal(0, SD, (REPS, 1, 1)), np.zeros((REPS, 1)))
+    if n >= 10:  # the seeds' spread alone, blind to the shared shift, finds a direction in over 10 % of null cases
+        assert (ignored <= 1).mean() > 0.1
+
+
+@pytest.mark.parametrize("true_gap", [1.0, 2.7])
+def test_with_the_test_set_uncertainty_a_true_reproduction_does_not_get_harder_with_more_seeds(true_gap):
+    rates = [operating_characteristics(true_gap, SD, n, reps=REPS, test_sd=0.3)["reproduced"] for n in SEEDS]
+    assert all(later >= earlier - 0.01 for earlier, later in itertools.pairwise(rates)), rates
+
+
+def per_query(vehicles: np.ndarray, values: np.ndarray, trial: int = 0):
+    import pandas as pd
+
+    return pd.DataFrame({"trial": trial, "vehicle_id": vehicles, "ap": values,
+                         "first_match_rank": np.where(values > 0.5, 1, 2)})
+
+
+def test_the_vehicle_bootstrap_is_paired_and_measures_the_test_sets_spread():
+    from agnet.report.stats import vehicle_bootstrap
+
+    rng = np.random.default_rng(0)
+    vehicles = np.repeat(np.arange(400), 2)  # 400 test vehicles, 2 queries each
+    base = rng.uniform(0.2, 0.8, size=len(vehicles))
+    a = {0: per_query(vehicles, base), 1: per_query(vehicles, base)}
+    # B is A shifted by 0.05 on every query: paired resampling sees no test-set uncertainty in the gap
+    shifted = {s: per_query(vehicles, base - 0.05) for s in (0, 1)}
+    assert vehicle_bootstrap(a, shifted, "mAP", reps=300) == pytest.approx(0.0, abs=1e-9)
+    # a gap that varies from vehicle to vehicle (sd 0.1 per vehicle, shared by its 2 queries): se ≈ 0.1/√400 = 0.5 pp
+    per_vehicle = np.repeat(rng.normal(0.0, 0.1, 400), 2)
+    noisy = {s: per_query(vehicles, np.clip(base - per_vehicle, 0, 1)) for s in (0, 1)}
+    vehicle_gaps = (base - np.clip(base - per_vehicle, 0, 1)).reshape(400, 2).mean(axis=1)
+    expected = 100 * vehicle_gaps.std(ddof=1) / np.sqrt(400)  # the standard error of a mean over 400 vehicles
+    assert vehicle_bootstrap(a, noisy, "mAP", reps=2000) == pytest.approx(expected, rel=0.1)
+    # against a published number only A is resampled; Rank-1 reads the first-match ranks
+    assert vehicle_bootstrap(a, None, "mAP", reps=500) > 0
+    hits = vehicle_bootstrap(a, None, "Rank1", reps=500)
+    vehicle_hits = (base > 0.5).reshape(400, 2).mean(axis=1)
+    assert hits == pytest.approx(100 * vehicle_hits.std(ddof=1) / np.sqrt(400), rel=0.1)
