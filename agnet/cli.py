@@ -378,9 +378,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if document is not None and features["provenance"].get("dataset") != document["dataset"]:
         raise AgnetError(f"{args.features}: features of dataset {features['provenance'].get('dataset')!r}, but "
                          f"{args.settings} evaluates {document['dataset']!r}")
-    records = evaluate_run(features, frame, meta, chosen["descriptors"], chosen["protocols"], settings)
+    queries: list | None = [] if args.queries is not None else None
+    records = evaluate_run(features, frame, meta, chosen["descriptors"], chosen["protocols"], settings, queries)
     provenance = {**features["provenance"], "features": str(args.features), "features_sha256": sha256_file(args.features)}
     provenance.setdefault("dataset", meta["format"])
+    if queries is not None:  # written first: metrics.json names the per-query file it goes with
+        from agnet.queries import write_queries
+
+        write_queries(args.queries, queries, provenance)
+        provenance["queries"], provenance["queries_sha256"] = str(args.queries), sha256_file(args.queries)
     if args.settings is not None:
         provenance["settings"], provenance["settings_sha256"] = str(args.settings), sha256_file(args.settings)
     document_out = {"provenance": provenance, "evaluation": chosen, "records": records}
@@ -432,7 +438,14 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
     from agnet.report.claims import check_all, write_claims
 
     datasets = _report_datasets(args, "claims")["datasets"]
-    verdicts = check_all(read_table(args.runs, "runs"), datasets)
+    runs = read_table(args.runs, "runs")
+    queries = None
+    if args.queries:
+        from agnet.queries import load_for_runs
+        from agnet.report.claims import QueryIndex
+
+        queries = QueryIndex(load_for_runs(args.queries, runs))
+    verdicts = check_all(runs, datasets, queries=queries)
     write_claims(verdicts, datasets, args.markdown, args.json,
                  source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
@@ -623,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --config: only this protocol: veri, veri-str or vehicleid-<N> (repeatable; "
                                "default: all of the manifest's)")
     evaluate.add_argument("-o", "--output", type=_output_file, required=True, help="metrics JSON of the run")
+    evaluate.add_argument("--queries", type=_output_file,
+                          help="also write every query's AP and first-match rank (Parquet; the claims' bootstrap over "
+                               "test vehicles reads it)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     aggregate = groups.add_parser("aggregate", help="collect metrics files into tidy tables")
@@ -640,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     claims = report_cmds.add_parser("claims", help="the paper's claims with verdicts, and the paper against itself")
     _add_config(claims, "report")
     claims.add_argument("--runs", type=Path, required=True, help="results/metrics/runs.csv (one row per run)")
+    claims.add_argument("--queries", type=Path, nargs="+", default=[],
+                        help="the runs' per-query files (agnet evaluate --queries): the test set's uncertainty joins "
+                             "the seeds' (a paired bootstrap over test vehicles)")
     claims.add_argument("--markdown", type=_output_file, required=True)
     claims.add_argument("--json", type=_output_file, required=True)
     claims.set_defaults(func=_cmd_report_claims)

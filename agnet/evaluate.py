@@ -25,9 +25,10 @@ import torch
 
 from agnet.errors import AgnetError
 from agnet.metrics import evaluate, pairwise_distance
-from agnet.protocols import parse, pseudo_split, vehicleid_test, vehicleid_trial, veri_split
+from agnet.protocols import parse, pseudo_split, query_gallery, vehicleid_test, vehicleid_trial, veri_split
 
 TOP_RANKS = (1, 5, 10)
+PER_QUERY = "_per_query"  # a record's per-query arrays while it is built (not written to metrics.json)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _summary(result, max_rank: int) -> dict[str, Any]:
             record[f"rank{k}"] = float(cmc[k - 1])
     if result.official_mAP is not None:
         record["official_mAP"] = float(result.official_mAP)
+    record[PER_QUERY] = {"ap": result.ap, "first_match_rank": result.first_match_rank}  # taken off by run_protocol
     return record
 
 
@@ -195,14 +197,25 @@ def evaluate_vehicleid(features, frame: pd.DataFrame, descriptor: str, size: int
     return record
 
 
+def _take_per_query(record: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """The per-query arrays of a record (one per VehicleID trial; one for VeRi), removed from it."""
+    if "trials" in record:
+        return [trial.pop(PER_QUERY) for trial in record["trials"]]
+    return [record.pop(PER_QUERY)]
+
+
 def run_protocol(features, frame: pd.DataFrame, meta: dict, descriptor: str, protocol: str,
-                 settings: EvalSettings) -> dict[str, Any]:
-    """Dispatch on the protocol name; the record states the protocol, descriptor and distance."""
+                 settings: EvalSettings, per_query: list | None = None) -> dict[str, Any]:
+    """Dispatch on the protocol name; the record states the protocol, descriptor and distance. ``per_query``, when
+    given, receives the per-query AP and first-match rank of each trial (see :func:`per_query_frame`)."""
     parsed = parse(protocol)
     if parsed.format == "veri":
         record = evaluate_veri(features, frame, meta, descriptor, settings, use_str=parsed.reranked)
     else:
         record = evaluate_vehicleid(features, frame, descriptor, parsed.test_size, settings)
+    arrays = _take_per_query(record)
+    if per_query is not None:
+        per_query.extend(arrays)
     distance = {"euclidean": "Euclidean on L2-normalised features", "cosine": "cosine"}[settings.distance]
     return {"protocol": protocol, "descriptor": descriptor, "distance": distance, "ap": "non-interpolated",
             **record, "provenance": features["provenance"]}
@@ -212,18 +225,48 @@ def run_protocol(features, frame: pd.DataFrame, meta: dict, descriptor: str, pro
 
 
 def evaluate_run(features, frame: pd.DataFrame, meta: dict, descriptors, protocols,
-                 settings: EvalSettings) -> list[dict[str, Any]]:
+                 settings: EvalSettings, queries: list | None = None) -> list[dict[str, Any]]:
     """Every descriptor × protocol of one trained run from one loaded features file and manifest.
 
     Each record is exactly what :func:`run_protocol` returns for that pair (spatio-temporal λ is tuned
-    once per descriptor, inside its ``veri-str`` record), without the shared ``provenance``."""
+    once per descriptor, inside its ``veri-str`` record), without the shared ``provenance``. ``queries``, when
+    given, receives one :func:`per_query_frame` per record."""
     records = []
     for descriptor in descriptors:
         for protocol in protocols:
-            record = run_protocol(features, frame, meta, descriptor, protocol, settings)
+            arrays: list = []
+            record = run_protocol(features, frame, meta, descriptor, protocol, settings, per_query=arrays)
             record.pop("provenance", None)
             records.append(record)
+            if queries is not None:
+                queries.append(per_query_frame(frame, descriptor, protocol, arrays, settings))
     return records
+
+
+QUERY_COLUMNS = ("descriptor", "protocol", "trial", "query", "vehicle_id", "ap", "first_match_rank")
+
+
+def per_query_frame(frame: pd.DataFrame, descriptor: str, protocol: str, arrays: list[dict[str, np.ndarray]],
+                    settings: EvalSettings) -> pd.DataFrame:
+    """One record's per-query results, a row per query and trial (:data:`QUERY_COLUMNS`): ``query`` is the
+    position in the protocol's query order (:func:`agnet.protocols.query_gallery`), ``ap`` the non-interpolated AP
+    (NaN: no true match, not scored) and ``first_match_rank`` the 1-based rank of the first true match (-1: not
+    scored). The record's mAP is the mean of ``ap`` over scored queries, averaged over trials; Rank-k the share of
+    scored queries with ``first_match_rank`` ≤ k. Whole vehicles can be resampled from it (the claims' bootstrap)."""
+    parts = []
+    for trial, arrays_of_trial in enumerate(arrays):
+        query, _, _ = query_gallery(frame, protocol, trial=trial, trial_seed=settings.trial_seed)
+        ap = np.asarray(arrays_of_trial["ap"], dtype=np.float64)
+        if len(ap) != len(query):
+            raise AgnetError(f"{protocol} {descriptor}: {len(ap)} per-query results for {len(query)} queries")
+        parts.append(pd.DataFrame({"trial": np.full(len(ap), trial, np.int32),
+                                   "query": np.arange(len(ap), dtype=np.int32),
+                                   "vehicle_id": query["vehicle_id"].to_numpy(np.int64), "ap": ap,
+                                   "first_match_rank": np.asarray(arrays_of_trial["first_match_rank"], np.int64)}))
+    table = pd.concat(parts, ignore_index=True)
+    table.insert(0, "protocol", protocol)
+    table.insert(0, "descriptor", descriptor)
+    return table
 
 
 def features_of(features, descriptor: str, paths) -> torch.Tensor:

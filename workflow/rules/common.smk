@@ -153,11 +153,10 @@ def runs():
     ]
 
 
-def metrics_targets():
-    """One metrics file per trained run (all its descriptors x protocols)."""
+def metrics_targets(name="metrics.json"):
+    """One metrics file per trained run (all its descriptors x protocols), or its per-query file."""
     return [
-        f"results/runs/{ds}/{variant}/seed{seed}/metrics.json"
-        for ds, variant, seed in runs()
+        f"results/runs/{ds}/{variant}/seed{seed}/{name}" for ds, variant, seed in runs()
     ]
 
 

@@ -43,6 +43,7 @@ rule evaluate:
         settings=dataset_settings("evaluate"),
     output:
         metrics="results/runs/{ds}/{variant}/seed{seed}/metrics.json",
+        queries="results/runs/{ds}/{variant}/seed{seed}/queries.parquet",
     log:
         "results/logs/{ds}/evaluate/{variant}-seed{seed}.log",
     benchmark:
@@ -59,7 +60,8 @@ rule evaluate:
         settings_sha256=settings_digest("evaluate"),
     shell:
         "python -m agnet evaluate --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --features {input.features:q}"
-        " --manifest {input.manifest:q} --model {input.model:q} -o {output.metrics:q} > {log:q} 2>&1"
+        " --manifest {input.manifest:q} --model {input.model:q} -o {output.metrics:q} --queries {output.queries:q}"
+        " > {log:q} 2>&1"
 
 
 rule aggregate:

@@ -37,6 +37,7 @@ rule tables:
 rule claims:
     input:
         runs="results/metrics/runs.csv",
+        queries=metrics_targets("queries.parquet"),
         settings=settings_file("report", "claims"),
     output:
         md=report(
@@ -53,7 +54,7 @@ rule claims:
         settings_sha256=settings_digest("report", "claims"),
     shell:
         "python -m agnet report claims --settings {input.settings:q} --settings-sha256 {params.settings_sha256} --runs {input.runs:q}"
-        " --markdown {output.md:q} --json {output.json:q} > {log:q} 2>&1"
+        " --queries {input.queries:q} --markdown {output.md:q} --json {output.json:q} > {log:q} 2>&1"
 
 
 rule figures_cmc:
