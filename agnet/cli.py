@@ -436,6 +436,7 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
     from agnet.aggregate import read_table
     from agnet.fileio import sha256_file
     from agnet.report.claims import check_all, write_claims
+    from agnet.report.contrasts import measure
 
     datasets = _report_datasets(args, "claims")["datasets"]
     runs = read_table(args.runs, "runs")
@@ -446,8 +447,9 @@ def _cmd_report_claims(args: argparse.Namespace) -> int:
 
         queries = QueryIndex(load_for_runs(args.queries, runs))
     verdicts = check_all(runs, datasets, queries=queries)
+    shown = runs[runs["dataset"].isin([ctx["dataset"] for ctx in datasets.values()])]
     write_claims(verdicts, datasets, args.markdown, args.json,
-                 source={"path": str(args.runs), "sha256": sha256_file(args.runs)})
+                 source={"path": str(args.runs), "sha256": sha256_file(args.runs)}, contrasts=measure(shown, queries))
     print(f"checked {len(verdicts)} claims -> {args.markdown}")
     return 0
 

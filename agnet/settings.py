@@ -84,11 +84,16 @@ def figure_run(config: dict[str, Any]) -> tuple[str, int]:
     ``variant`` default AGNet-ASL if trained, else the last of ``train_variants``; ``seed`` default the first."""
     chosen = config.get("figures") or {}
     variants, seeds = config["train_variants"], config["seeds"]
-    variant = chosen.get("variant") or ("agnet_asl" if "agnet_asl" in variants else variants[-1])
+    everywhere = [v for v in variants if all(v in trained_on(config, ds) for ds in config["run"])]
+    variant = chosen.get("variant") or ("agnet_asl" if "agnet_asl" in everywhere else (everywhere or variants)[-1])
     seed = chosen.get("seed")
     seed = seeds[0] if seed is None else seed
     if variant not in variants:
         raise ConfigError(f"figures.variant: {variant!r} is not trained (train_variants: {', '.join(variants)})")
+    missing = [ds for ds in config["run"] if variant not in trained_on(config, ds)]
+    if missing:
+        raise ConfigError(f"figures.variant: {variant!r} is not trained on {', '.join(missing)} (variant_datasets), "
+                          "which the figures illustrate")
     if seed not in seeds:
         raise ConfigError(f"figures.seed: {seed} is not trained (seeds: {', '.join(map(str, seeds))})")
     return variant, seed
@@ -107,6 +112,13 @@ def _check_training(config: dict[str, Any]) -> list[str]:
         problems.append(f"train_variants: {', '.join(map(repr, unknown))} not defined under 'variants' "
                         f"(defined: {', '.join(sorted(defined)) or 'none'})")
         return problems
+    for variant, where_trained in (config.get("variant_datasets") or {}).items():
+        if variant not in config["train_variants"]:
+            problems.append(f"variant_datasets.{variant}: not in train_variants ({', '.join(config['train_variants'])})")
+        unknown_ds = [ds for ds in where_trained if ds not in config["datasets"]]
+        if unknown_ds:
+            problems.append(f"variant_datasets.{variant}: {', '.join(map(repr, unknown_ds))} not defined under "
+                            f"'datasets' ({', '.join(config['datasets'])})")
     for variant in config["train_variants"]:
         try:
             settings = resolve_settings(config, variant)
@@ -407,3 +419,9 @@ def train_settings(document: dict[str, Any], operational: dict[str, Any]) -> Tra
     if missing:
         raise AgnetError(f"operational training settings missing: {', '.join(missing)}")
     return from_dict({**document["settings"], **operational, "variant": document["variant"]})
+
+
+def trained_on(config: dict[str, Any], dataset: str) -> list[str]:
+    """The variants trained on ``dataset``: ``train_variants``, less those ``variant_datasets`` keeps elsewhere."""
+    only = config.get("variant_datasets") or {}
+    return [v for v in config["train_variants"] if v not in only or dataset in only[v]]

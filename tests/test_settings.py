@@ -41,7 +41,7 @@ def changed_documents(overrides: dict) -> set[str]:
 
 
 EVALUATE = {"evaluate/veri-synth", "evaluate/vehicleid-synth"}
-TRAIN = {"train/only_id", "train/agnet_ce", "train/agnet_asl"}
+TRAIN = {"train/only_id", "train/agnet_ce", "train/agnet_asl", "train/agnet_ce_uniform", "train/agnet_asl_shuffled"}
 
 # setting -> the documents (so the jobs) it may change; everything else must stay byte-identical
 DEPENDANTS = [
@@ -58,10 +58,11 @@ DEPENDANTS = [
     ({"training": {"lr": 0.02}}, TRAIN),
     ({"training": {"input_size": [48, 48]}}, TRAIN),
     ({"training": {"amp": "on"}}, TRAIN),
-    ({"training": {"als": {"theta": 0.3}}}, {"train/agnet_asl"}),  # the CE variants do not read ALS
+    ({"training": {"als": {"theta": 0.3}}}, {"train/agnet_asl", "train/agnet_asl_shuffled"}),  # CE: no ALS read
     ({"training": {"als": {"pairs": "attributes"}}}, set()),  # the default, written out: the same recipe
     ({"variants": {"agnet_asl": {"als": {"pairs": "shuffled"}}}}, {"train/agnet_asl"}),
-    ({"training": {"hard_negative_fraction": 0.25}}, {"train/agnet_ce", "train/agnet_asl"}),  # Only-ID: no mining
+    ({"training": {"hard_negative_fraction": 0.25}},  # Only-ID: no mining; the uniform arm sets its own 0
+     {"train/agnet_ce", "train/agnet_asl", "train/agnet_asl_shuffled"}),
     ({"variants": {"agnet_ce": {"lr": 0.01}}}, {"train/agnet_ce"}),
     ({"seeds": [0, 1, 2]}, set()),  # more runs, the same settings per run
     # another twin: its lists (extraction, evaluation) and the stand-ins the tables and claims state; figures not
@@ -174,6 +175,11 @@ BAD_CONFIGS = [
     ({"variants": {"agnet_asl": {"workers": 2}}}, r"variants\.agnet_asl: workers is an operational setting"),
     ({"train_variants": ["agnet_asl", "agnet_als"]}, r"train_variants: 'agnet_als' not defined under 'variants'"),
     ({"run": ["veri-synth", "nope"]}, r"run: 'nope' not defined under 'datasets'"),
+    ({"variant_datasets": {"agnet_x": ["veri-synth"]}}, r"variant_datasets\.agnet_x: not in train_variants"),
+    ({"figures": {"variant": "agnet_ce_uniform"}},
+     r"figures\.variant: 'agnet_ce_uniform' is not trained on veri-synth \(variant_datasets\)"),
+    ({"variant_datasets": {"agnet_ce_uniform": ["nope"]}},
+     r"variant_datasets\.agnet_ce_uniform: 'nope' not defined under 'datasets'"),
     ({"evaluation": {"max_rank": 3}}, r"evaluation\.max_rank: 3 is below 5"),
     ({"training": {"lr_milestones": [6, 2]}}, r"training\.lr_milestones: \[6, 2\] must be strictly increasing"),
     ({"training": {"pretrained": "/no/such/weights.pt"}},

@@ -351,7 +351,7 @@ def family_summary(verdicts: list[Verdict]) -> list[dict]:
 
 def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str | Path, out_json: str | Path,
                  findings: list[Finding] | None = None, source: dict[str, str] | None = None,
-                 audit: list[TableFinding] | None = None) -> None:
+                 audit: list[TableFinding] | None = None, contrasts: list | None = None) -> None:
     """claims.md (the primary families with their power, every other claim, then the paper's own
     inconsistencies) and claims.json; ``source`` (``{"path", "sha256"}`` of the runs table read) is recorded in both."""
     findings = consistency_findings() if findings is None else findings
@@ -395,6 +395,10 @@ def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str
                "published value as B; on a synthetic twin they only show that the check runs."), ""]
     lines += _table([v for v in verdicts if not v.primary])
     lines += [""]
+    if contrasts is not None:
+        from agnet.report.contrasts import markdown
+
+        lines += markdown(contrasts)
     if source:
         lines += [source_line(source), ""]
     lines += ["## The paper against itself", "",
@@ -424,5 +428,7 @@ def write_claims(verdicts: list[Verdict], datasets: dict[str, dict], out_md: str
     write_text(out_json, json.dumps({"synthetic": synthetic, "source": source, "rule": RULE, "alpha": ALPHA,
                                      "power": POWER, "legend": LEGEND, "primary_families": summary,
                                      "claims": records, "paper_consistency": [asdict(f) for f in findings],
-                                     "table_audit": [asdict(f) for f in audit]},
+                                     "table_audit": [asdict(f) for f in audit],
+                                     "contrasts": [{**asdict(m), "contrast": asdict(m.contrast)}
+                                                   for m in contrasts or []]},
                                     indent=2) + "\n")

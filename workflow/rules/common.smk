@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 # The agnet imports need the checkout on sys.path (above).
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.fileio import write_text  # noqa: E402
-from agnet.settings import plan as resolve_plan  # noqa: E402
+from agnet.settings import plan as resolve_plan, trained_on  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 # The merged configuration (config files and --config overrides) checked and resolved once, by the function
@@ -144,11 +144,11 @@ def weights_cache(wildcards):
 
 
 def runs():
-    """(dataset, variant, seed) of every trained run."""
+    """(dataset, variant, seed) of every trained run (`variant_datasets` keeps a variant to some datasets)."""
     return [
         (ds, variant, seed)
         for ds in config["run"]
-        for variant in config["train_variants"]
+        for variant in trained_on(config, ds)
         for seed in config["seeds"]
     ]
 
@@ -224,7 +224,7 @@ def figure_train_logs():
         return []
     return [
         f"results/runs/{FIRST['veri']}/{variant}/seed{seed}/train_log.csv"
-        for variant in config["train_variants"]
+        for variant in trained_on(config, FIRST["veri"])
         for seed in config["seeds"]
     ]
 
@@ -241,7 +241,7 @@ def illustrate_args(wildcards, input):
 
 def train_log_args(wildcards, input):
     """The training logs as `agnet report figures` flags, each with its variant."""
-    variants = [v for v in config["train_variants"] for _ in config["seeds"]]
+    variants = [v for v in trained_on(config, FIRST["veri"]) for _ in config["seeds"]]
     return " ".join(
         f"--train-log {shlex.quote(variant)} {shlex.quote(log)}"
         for variant, log in zip(variants, input.logs)
