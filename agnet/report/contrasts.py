@@ -146,8 +146,8 @@ def markdown(measurements: list[Measurement]) -> list[str]:
     if not measurements:
         return lines + [("No contrast ran: list `agnet_ce_uniform` and `agnet_asl_shuffled` in `train_variants` "
                          "(the demo trains them on the VehicleID twin)."), ""]
-    lines += ["| factor (A − B) | dataset | protocol | metric | n | A | B | gap | 95 % CI | seed sd | test-set se | "
-              "p (Holm) | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [("| factor (A − B) | dataset | protocol | metric | n | A | B | gap | 95 % CI | seed sd | test-set se | "
+               "p (Holm) | result |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(x, sign=False):
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:+.2f}" if sign else f"{x:.2f}")
