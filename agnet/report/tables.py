@@ -107,13 +107,30 @@ def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict
                     ours.append(Cell("n/a"))
                     delta.append(Cell("n/a"))
                     continue
-                mean, std, seeds, flagged = got
-                spread = f" ± {std:.2f}" if seeds > 1 else " (1 seed)"  # one seed has no spread to show
-                ours.append(Cell(f"{mean:.2f}{spread}{FLAG if flagged else ''}", mean))
+                mean = got[0]
+                ours.append(_our_cell(*got))
                 delta.append(Cell("-" if paper is None else f"{mean - paper:+.2f}", None if paper is None else mean - paper))
         labels += [f"{row['method']} (ours)", f"{row['method']} (ours − paper)"]
         rows += [ours, delta]
+    arms = [arm for arm in table.get("arms", ())
+            if ((summary["dataset"] == dataset) & (summary["variant"] == arm["ours"]["variant"])).any()]
+    if arms:
+        rules.append(len(rows))
+    for arm in arms:  # our ablation arms: no paper value, so no difference row
+        spec = arm["ours"]
+        cells = []
+        for protocol in spec.get("protocols", protocols):
+            for column in columns:
+                got = _ours(summary, dataset, spec["variant"], spec["descriptor"], protocol, column)
+                cells.append(Cell("n/a") if got is None else _our_cell(*got))
+        labels.append(f"{arm['method']} (ours; not in the paper)")
+        rows.append(cells)
     return labels, rows, rules
+
+
+def _our_cell(mean: float, std: float, seeds: int, flagged: int) -> Cell:
+    spread = f" ± {std:.2f}" if seeds > 1 else " (1 seed)"  # one seed has no spread to show
+    return Cell(f"{mean:.2f}{spread}{FLAG if flagged else ''}", mean)
 
 
 def _latex_escape(text: str) -> str:
@@ -187,6 +204,10 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd
     else:
         parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
     parts.append(f"distance: {_recorded(summary, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
+    if any(((summary["dataset"] == dataset) & (summary["variant"] == arm["ours"]["variant"])).any()
+           for arm in table.get("arms", ())):
+        parts.append("rows marked 'not in the paper' are our ablation arms, each one factor away from a paper row "
+                     "(docs/paper-mapping.md, \"What each contrast isolates\")")
     if "flagged_seeds" in summary and summary.loc[summary["dataset"] == dataset, "flagged_seeds"].fillna(0).any():
         parts.append(FLAG_NOTE)
     return "; ".join(parts) + "."

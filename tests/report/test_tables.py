@@ -138,3 +138,24 @@ def test_tables_carry_the_hash_of_the_summary_they_show(tmp_path):
     for n in range(1, 5):
         assert f"Computed from results/metrics/summary.csv (sha256 {'ab' * 32})." in (tmp_path / f"table{n}.md").read_text()
         assert (tmp_path / f"table{n}.tex").read_text().rstrip().endswith(f"(sha256 {'ab' * 32}).")
+
+
+def test_ablation_arms_are_rows_of_ours_only_where_they_ran():
+    from agnet.report.paper import load_paper
+    from agnet.report.tables import build_rows, caption_for
+
+    paper = load_paper()
+    base = full_summary()
+    arms = summary([("vid-x", "agnet_ce_uniform", "All", f"vehicleid-{size}", 0.4, 0.02) for size in (3, 6, 9, 12)])
+    labels, _, _ = build_rows(paper["tables"]["table4"], base, "vid-x", {800: 3, 1600: 6, 2400: 9, 3200: 12})
+    assert not any("not in the paper" in label for label in labels)  # the arm did not run: no row, no "n/a" row
+    both = pd.concat([base, arms], ignore_index=True)
+    labels, rows, rules = build_rows(paper["tables"]["table4"], both, "vid-x", {800: 3, 1600: 6, 2400: 9, 3200: 12})
+    assert labels[-1] == "AGNet-CE-All, uniform negatives (ours; not in the paper)" and rules[-1] == len(rows) - 1
+    assert [c.text for c in rows[-1]][:3] == ["40.00 ± 2.00"] * 3 and len(rows[-1]) == 12  # no difference row
+    context = {"dataset": "vid-x", "synthetic": True, "stand_ins": {800: 3, 1600: 6, 2400: 9, 3200: 12}}
+    assert "our ablation arms" in caption_for("table4", paper["tables"]["table4"], context, both)
+    assert "our ablation arms" not in caption_for("table4", paper["tables"]["table4"], context, base)
+    # the VeRi table is untouched by a VehicleID-only arm
+    labels, _, _ = build_rows(paper["tables"]["table3"], both, "veri-x")
+    assert not any("not in the paper" in label for label in labels)
