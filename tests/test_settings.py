@@ -164,7 +164,7 @@ def test_a_ce_variant_does_not_read_the_als_constants():
 # Configurations the workflow refuses; `agnet config check` must refuse each with the same line
 # (tests/test_rerun.py runs both on this table).
 BAD_CONFIGS = [
-    ({"figures": {"seed": 7}}, r"figures\.seed: 7 is not trained \(seeds: 0, 1\)"),
+    ({"figures": {"seed": 7}}, r"figures\.seed: 7 is not trained \(seeds: 0, 1, 2\)"),
     ({"figures": {"variant": "agnet_x"}}, r"figures\.variant: 'agnet_x' is not trained"),
     ({"datasets": {"veri-synth": {"holdout_vehicles": 0}}},
      r"datasets\.veri-synth\.holdout_vehicles: 0, but evaluation\.str tunes λ over 8 values"),
@@ -175,7 +175,7 @@ BAD_CONFIGS = [
     ({"variants": {"agnet_asl": {"workers": 2}}}, r"variants\.agnet_asl: workers is an operational setting"),
     ({"train_variants": ["agnet_asl", "agnet_als"]}, r"train_variants: 'agnet_als' not defined under 'variants'"),
     ({"run": ["veri-synth", "nope"]}, r"run: 'nope' not defined under 'datasets'"),
-    ({"variant_datasets": {"agnet_x": ["veri-synth"]}}, r"variant_datasets\.agnet_x: not in train_variants"),
+    ({"variant_datasets": {"agnet_x": ["veri-synth"]}}, r"variant_datasets\.agnet_x: not defined under 'variants'"),
     ({"figures": {"variant": "agnet_ce_uniform"}},
      r"figures\.variant: 'agnet_ce_uniform' is not trained on veri-synth \(variant_datasets\)"),
     ({"variant_datasets": {"agnet_ce_uniform": ["nope"]}},
