@@ -5,10 +5,15 @@ variant, seed and the sha256 of the features, model and manifest they came from)
 per descriptor × protocol). Nothing is read from folder names.
 
 ``runs.csv``/``runs.parquet``: one row per (dataset, variant, seed, descriptor, protocol) with mAP,
-Rank-1/5/10, mINP, counts, distance, (VehicleID) the number of trials and the trial std, (All) α, (VeRi+STR) λ,
+Rank-1/5/10, mINP, counts, distance, (VehicleID) the number of trials and the trial std, (All) α, (VeRi+STR) λ
+(``str_lambda``: the mean of the cross-fitting folds' λ, or the one fixed λ; ``str_lambdas``: each fold's, e.g.
+``0.3/0.5``; ``str_at_edge``: the grid edges a fold's choice sits at, e.g. ``upper``, empty when none),
 whether the model was truncated (``max_steps``) or resumed with a changed schedule, and the hashes of the
 features and model (``flagged_seeds`` in the summary counts the seeds so marked). ``summary.csv``/``.parquet``: the same grouped over seeds — mean, std
-(ddof 1; 0 for a single seed), the number of seeds, and the trials and α the rows were computed with.
+(ddof 1; 0 for a single seed), the number of seeds, and the trials and α the rows were computed with; a re-ranked
+group also ``str_lambdas`` (each seed's fold λs, in seed order, ``; ``-separated) and ``str_edge_seeds`` (how many
+seeds have a fold whose λ is at an edge of its grid). The spatio-temporal control ``veri-st`` reads no features: its
+rows have the descriptor ``none``.
 
 The runs of one dataset must have been evaluated with the same settings (the ``evaluation`` section each metrics
 file records): a stale file next to fresh ones is refused, naming both, instead of being averaged with them. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
@@ -41,7 +46,7 @@ def _is_integer(value: Any) -> bool:
 
 # record field -> (check, what it must be); optional fields are checked where present
 _RECORD_FIELDS = {
-    "descriptor": (lambda v: v in ("Attr", "ID", "All"), "Attr, ID or All"),
+    "descriptor": (lambda v: v in ("Attr", "ID", "All", "none"), "Attr, ID, All or none (veri-st)"),
     "protocol": (lambda v: isinstance(v, str), "a protocol name"),
     "distance": (lambda v: isinstance(v, str), "a text"),
     "mAP": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
@@ -85,9 +90,13 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
                 raise AgnetError(f"{path}: record {i} ({record.get('descriptor')} {record.get('protocol')}): {key} "
                                  f"must be {what}, got {str(record[key])[:60]!r}")
         try:
-            parse(record["protocol"])
+            parsed = parse(record["protocol"])
         except AgnetError as error:
             raise AgnetError(f"{path}: record {i}: {error}") from None
+        if (record["descriptor"] == "none") == parsed.appearance:
+            raise AgnetError(f"{path}: record {i}: descriptor {record['descriptor']!r} with protocol "
+                             f"{record['protocol']}: 'none' is the descriptor of a protocol that reads no features "
+                             "(veri-st), and only of it")
         for key in (*_OPTIONAL_NUMBERS, *(f"{k}_std" for k in _OPTIONAL_NUMBERS), "mAP_std"):
             if record.get(key) is not None and not _is_number(record[key]):
                 raise AgnetError(f"{path}: record {i}: {key} must be a number, got {record[key]!r}")
@@ -97,8 +106,18 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         if "str" in record and not (isinstance(record["str"], dict) and _is_number(record["str"].get("lambda"))):
             raise AgnetError(f"{path}: record {i}: str must be a mapping with a number 'lambda', got "
                              f"{str(record['str'])[:40]!r}")
+        if "str" in record and record["str"].get("folds") is not None:
+            folds = record["str"]["folds"]
+            if not (isinstance(folds, list) and folds and all(
+                    isinstance(f, dict) and _is_number(f.get("lambda")) and f.get("at_edge") in (None, "upper", "lower")
+                    for f in folds)):
+                raise AgnetError(f"{path}: record {i}: str.folds must be a non-empty list of folds, each with a "
+                                 f"number 'lambda' and 'at_edge' null, 'upper' or 'lower', got {str(folds)[:60]!r}")
     if not isinstance(data.get("evaluation", {}), dict):
         raise AgnetError(f"{path}: 'evaluation' must be the mapping of settings the run was evaluated with")
+    from agnet.sensitivity import check_sweep
+
+    check_sweep(data, path)  # the optional alpha_sweep / alpha_crossfit (Eq. 5's α sensitivity)
     return data
 
 
@@ -120,7 +139,7 @@ def metrics_rows(data: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         if record["descriptor"] == "All" and "alpha" in (data.get("evaluation") or {}):
             row["alpha"] = data["evaluation"]["alpha"]
         if "str" in record:
-            row["str_lambda"] = record["str"]["lambda"]
+            row.update(str_columns(record["str"]))
         row["truncated"] = bool(provenance.get("truncated", False))
         row["schedule_changed"] = bool(provenance.get("schedule_changes", 0))
         row["features_sha256"] = provenance.get("features_sha256")
@@ -129,6 +148,26 @@ def metrics_rows(data: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         keys = {k: row[k] for k in KEYS}
         cmc += [{**keys, "rank": rank, "cmc": value} for rank, value in enumerate(record["cmc"], start=1)]
     return rows, cmc
+
+
+def _number_text(value: float) -> str:
+    return f"{float(value):g}"
+
+
+def str_columns(rerank: dict[str, Any]) -> dict[str, Any]:
+    """runs.csv's λ columns of a ``veri-str`` record: ``str_lambda`` (the mean of the folds' λ; the fixed λ),
+    ``str_lambdas`` (each fold's λ, ``/``-separated, in fold order) and ``str_at_edge`` (the edges, ``upper`` and/or
+    ``lower``, that a fold's choice sits at; empty when none, or when λ was not tuned)."""
+    folds = rerank.get("folds") or [{"lambda": rerank["lambda"], "at_edge": rerank.get("at_edge")}]
+    edges = sorted({f["at_edge"] for f in folds if f.get("at_edge")})
+    tuning = "one fixed λ (not tuned)"
+    if rerank.get("folds"):
+        grid, assignment = rerank.get("grid") or [], rerank.get("fold_assignment") or {}
+        tuning = (f"{len(folds)} folds of the test vehicles (seed {assignment.get('seed', '?')}), grid "
+                  + (f"{_number_text(min(grid))}–{_number_text(max(grid))} ({len(grid)} values)" if grid else "?")
+                  + f", doubled upwards up to {rerank.get('max_doublings', '?')} times while its largest wins")
+    return {"str_lambda": float(rerank["lambda"]), "str_lambdas": "/".join(_number_text(f["lambda"]) for f in folds),
+            "str_at_edge": "/".join(edges), "str_tuning": tuning}
 
 
 def _difference(ours: Any, theirs: Any, where: str = "") -> str:
@@ -190,6 +229,15 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     for setting in ("trials", "alpha"):  # equal within a group (the settings check above)
         if setting in runs:
             summary[setting] = grouped[setting].first()
+    if "str_lambdas" in runs:  # each seed's fold λs (seed order: runs is sorted) and the seeds with an edge
+        by_seed = runs["str_lambdas"].where(runs["str_lambdas"].notna(), None)
+        summary["str_lambdas"] = by_seed.groupby([runs[k] for k in ("dataset", "variant", "descriptor", "protocol",
+                                                                    "distance")], sort=True).agg(
+            lambda values: "; ".join(str(v) for v in values if isinstance(v, str)) or None)
+        summary["str_edge_seeds"] = runs["str_at_edge"].fillna("").astype(str).ne("").groupby(
+            [runs[k] for k in ("dataset", "variant", "descriptor", "protocol", "distance")], sort=True).sum().where(
+            summary["str_lambdas"].notna())
+        summary["str_tuning"] = grouped["str_tuning"].first()
     summary = summary.reset_index()
     with file_set(out_dir, OUTPUTS) as staged:  # the five files replace the old five as one set
         cmc.to_parquet(staged["cmc.parquet"], index=False)

@@ -12,7 +12,7 @@
     agnet evaluate (--settings DOC | --config CONFIG [--descriptor D ...] [--protocol P ...]) --features FEATURES.pt
                    --manifest MANIFEST.parquet [--model MODEL.pt] -o METRICS.json
     agnet aggregate METRICS.json ... --out DIR
-    agnet report {tables,claims,figures} (--settings DOC | --config CONFIG) ...
+    agnet report {tables,claims,figures,sensitivity} (--settings DOC | --config CONFIG) ...
     agnet weights fetch BACKBONE --cache DIR
     agnet config check CONFIG.yaml [MORE.yaml ...]
     agnet config settings CONFIG.yaml [MORE.yaml ...] [--key STAGE/NAME] [-o FILE]
@@ -390,6 +390,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.settings is not None:
         provenance["settings"], provenance["settings_sha256"] = str(args.settings), sha256_file(args.settings)
     document_out = {"provenance": provenance, "evaluation": chosen, "records": records}
+    from agnet.sensitivity import run_sweep  # All at every α of evaluation.alpha_sweep, from the loaded features
+
+    document_out.update(run_sweep(features, frame, chosen, settings))
     write_text(args.output, json.dumps(document_out, indent=2) + "\n")
     for record in records:
         log.info("%s %s: mAP %.2f, Rank-1 %.2f", record["protocol"], record["descriptor"], 100 * record["mAP"],
@@ -467,6 +470,14 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
         logs.setdefault(variant, []).append(Path(path))
     written = make_figures(settings, args.out, args.cmc, illustrate, logs)
     log.info("wrote %d figure files to %s", len(written), args.out)
+    return 0
+
+
+def _cmd_report_sensitivity(args: argparse.Namespace) -> int:
+    from agnet.report.sensitivity import make_sensitivity
+
+    written = make_sensitivity(args.metrics, _report_datasets(args, "sensitivity"), args.tables, args.figures)
+    log.info("wrote %s", ", ".join(map(str, written)))
     return 0
 
 
@@ -563,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--train-vehicles", choices=("attribute-labelled", "all"), default="attribute-labelled",
                           help="training vehicles kept (default: those with colour and type labels, as the paper)")
     manifest.add_argument("--holdout-vehicles", type=_int_at_least(0), default=0, metavar="N",
-                          help="hold N training vehicles out of training (split 'val') to tune re-ranking on")
+                          help="hold N training vehicles out of training (split 'val'; "
+                          "extracted, not evaluated: no configuration uses it)")
     manifest.add_argument("--holdout-seed", type=_seed, default=0, metavar="S", help="seed of the held-out draw")
     manifest.set_defaults(func=_cmd_manifest)
 
@@ -635,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--descriptor", choices=("Attr", "ID", "All"), action="append",
                           help="with --config: only this descriptor (repeatable; default: evaluation.descriptors)")
     evaluate.add_argument("--protocol", action="append",
-                          help="with --config: only this protocol: veri, veri-str or vehicleid-<N> (repeatable; "
+                          help="with --config: only this protocol: veri, veri-str, veri-st or vehicleid-<N> (repeatable; "
                                "default: all of the manifest's)")
     evaluate.add_argument("-o", "--output", type=_output_file, required=True, help="metrics JSON of the run")
     evaluate.add_argument("--queries", type=_output_file,
@@ -673,6 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a train_log.csv of the VeRi dataset and its variant (repeat per variant and seed)")
     figures.add_argument("--out", type=Path, required=True)
     figures.set_defaults(func=_cmd_report_figures)
+    sensitivity = report_cmds.add_parser("sensitivity", help="alpha (Eq. 5) swept and cross-fitted; the ALS "
+                                         "constants' variants (sensitivity.{md,tex}, alpha_sensitivity.{png,pdf})")
+    _add_config(sensitivity, "report")
+    sensitivity.add_argument("--metrics", type=Path, nargs="+", required=True, help="every run's metrics.json")
+    sensitivity.add_argument("--tables", type=_output_dir, required=True, help="folder of sensitivity.{md,tex}")
+    sensitivity.add_argument("--figures", type=_output_dir, required=True, help="folder of alpha_sensitivity.*")
+    sensitivity.set_defaults(func=_cmd_report_sensitivity)
 
     weights = groups.add_parser("weights", help="pretrained weights")
     weights_cmds = weights.add_subparsers(dest="command", required=True)

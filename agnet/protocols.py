@@ -9,6 +9,9 @@ Names:
 * ``veri``: VeRi-776's 1,678 queries against its test images; a gallery image of the query's vehicle seen by the
   query's own camera is *junk* (:func:`junk`) and removed from the ranking;
 * ``veri-str``: the same split, ranked by the visual distance fused with a spatio-temporal term;
+* ``veri-st``: the same split, ranked by the spatio-temporal term alone (no appearance): the control of ``veri-str``,
+  which shows what time and camera topology achieve without the network (the same in every run; recorded under the
+  descriptor label :data:`NO_DESCRIPTOR`);
 * ``vehicleid-<N>``: VehicleID's ``test_list_<N>.txt``; per trial one seeded random image per vehicle is the
   gallery and every other image a query (:func:`vehicleid_trial`); no junk.
 """
@@ -25,20 +28,24 @@ if TYPE_CHECKING:  # imported where used: the workflow plans protocols before th
     import numpy as np
     import pandas as pd
 
-VERI, VERI_STR, VEHICLEID_PREFIX = "veri", "veri-str", "vehicleid-"
-NAMES = "veri, veri-str or vehicleid-<N>"
+VERI, VERI_STR, VERI_ST, VEHICLEID_PREFIX = "veri", "veri-str", "veri-st", "vehicleid-"
+NAMES = "veri, veri-str, veri-st or vehicleid-<N>"
+NO_DESCRIPTOR = "none"  # the descriptor label of a protocol that reads no features (veri-st)
 # The test lists of the VehicleID release (train_test_split/test_list_<N>.txt, N vehicles each).
 RELEASE_TEST_SIZES = (800, 1600, 2400, 3200, 6000, 13164)
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A parsed protocol name: the dataset format it belongs to, its VehicleID test size, whether it re-ranks."""
+    """A parsed protocol name: the dataset format it belongs to, its VehicleID test size, whether its ranking uses
+    the spatio-temporal term (``reranked``: veri-str and veri-st) and whether it uses the features at all
+    (``appearance``: False for veri-st alone)."""
 
     name: str
     format: str
     test_size: int | None = None
     reranked: bool = False
+    appearance: bool = True
 
 
 def parse(name: str) -> Protocol:
@@ -47,6 +54,8 @@ def parse(name: str) -> Protocol:
         return Protocol(name, "veri")
     if name == VERI_STR:
         return Protocol(name, "veri", reranked=True)
+    if name == VERI_ST:
+        return Protocol(name, "veri", reranked=True, appearance=False)
     size = name.removeprefix(VEHICLEID_PREFIX) if isinstance(name, str) else ""
     if name.startswith(VEHICLEID_PREFIX) and size.isdigit() and int(size) > 0:
         return Protocol(name, "vehicleid", test_size=int(size))
@@ -99,10 +108,10 @@ def configured_test_sizes(name: str, entry: dict[str, Any], evaluation: dict[str
 
 
 def dataset_protocols(name: str, entry: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
-    """Every protocol dataset ``name`` is evaluated on: VeRi ``veri`` (+ ``veri-str`` when enabled), VehicleID
-    one per test list (:func:`configured_test_sizes`)."""
+    """Every protocol dataset ``name`` is evaluated on: VeRi ``veri`` (+ ``veri-str`` and its control ``veri-st``
+    when STR is enabled), VehicleID one per test list (:func:`configured_test_sizes`)."""
     if entry["format"] == "veri":
-        return [VERI] + ([VERI_STR] if evaluation["str"]["enabled"] else [])
+        return [VERI] + ([VERI_STR, VERI_ST] if evaluation["str"]["enabled"] else [])
     return [vehicleid(size) for size in configured_test_sizes(name, entry, evaluation)]
 
 
@@ -110,7 +119,7 @@ def manifest_protocols(frame: pd.DataFrame, meta: dict[str, Any], evaluation: di
     """The protocols of a manifest that is not a dataset of the config (``agnet evaluate`` run by hand): VeRi as
     :func:`dataset_protocols`; VehicleID each configured size the manifest has (all of its lists if none)."""
     if meta.get("format") == "veri":
-        return [VERI] + ([VERI_STR] if evaluation["str"]["enabled"] else [])
+        return [VERI] + ([VERI_STR, VERI_ST] if evaluation["str"]["enabled"] else [])
     lists = manifest_test_lists(frame)
     wanted = [size for size in evaluation["vehicleid_test_sizes"] if size in lists]
     return [vehicleid(size) for size in (wanted or lists)]
@@ -136,8 +145,8 @@ def list_protocols(protocols: Sequence[str] | None) -> list[str]:
 
 
 def evaluated_images(frame: pd.DataFrame, protocols: Sequence[str] | None = None) -> list[str]:
-    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and the
-    held-out ``val`` vehicles on which re-ranking tunes its weight (never an image the network trained on).
+    """Unique image paths of every split but ``train``, in manifest order: the test/query/gallery images and, in a
+    manifest built with ``--holdout-vehicles``, the held-out ``val`` vehicles (never an image the network trained on).
 
     ``protocols`` with VehicleID lists keeps only the images of those lists, as a VehicleID evaluation reads only
     its lists (the release's 800-3,200 lists hold 26,350 of its 108,221 test images). ``None``, or VeRi's
@@ -158,13 +167,6 @@ def veri_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if query.empty or gallery.empty:
         raise AgnetError("the manifest has no VeRi query/gallery split (is it a VehicleID manifest?)")
     return query, gallery
-
-
-def pseudo_split(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A VeRi-like split of tuning images: the first image of each (vehicle, camera) is a query, all are gallery
-    (the query's own copy is then junk, as in VeRi)."""
-    queries = images.sort_values("list_index").groupby(["vehicle_id", "camera_id"], sort=True).head(1)
-    return queries, images
 
 
 def vehicleid_test(frame: pd.DataFrame, size: int) -> pd.DataFrame:

@@ -8,7 +8,7 @@ re-rank (``veri``, ``vehicleid-<N>``), and writes to ``metrics.json``:
   the configured gallery draws, as the records);
 * ``alpha_crossfit``: one entry per protocol — α chosen without scoring a query with an α tuned on its own labels.
   The paper protocol has no validation split of test identities, so α is *cross-fitted*: the protocol's test
-  vehicles are split in two folds (seeded, ``evaluation.trial_seed``); the α with the best mean AP over fold 1's
+  vehicles are split in two folds (a fixed seed, :data:`CROSSFIT_SEED`); the α with the best mean AP over fold 1's
   queries scores fold 0's queries and vice versa. The cross-fitted mAP (each query's AP at the α chosen on the other
   fold, averaged as the protocol's mAP) is an honest estimate of "α tuned on held-out identities"; beside it, the
   configured α's mAP and, for reference only, the test-tuned best of the sweep (optimistic: chosen on the very
@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from agnet.errors import AgnetError
 
+if TYPE_CHECKING:  # imported where used: the workflow plans (sweep_settings) without the scientific stack
+    import numpy as np
+
 CROSSFIT_FOLDS = 2
+CROSSFIT_SEED = 0  # the fold split of the test vehicles (fixed: no setting of the paper protocol reads it)
 SWEEP_KEYS = ("alpha", "protocol", "mAP", "rank1", "rank5")
 
 
@@ -51,7 +53,7 @@ def sweep_settings(evaluation: dict[str, Any], protocols: list[str]) -> dict[str
     if not alphas or not any(not parse(p).reranked for p in protocols):
         return None
     values = sorted({float(a) for a in alphas} | {float(evaluation["alpha"])})
-    return {"alphas": values, "crossfit_folds": CROSSFIT_FOLDS, "crossfit_seed": int(evaluation["trial_seed"])}
+    return {"alphas": values, "crossfit_folds": CROSSFIT_FOLDS, "crossfit_seed": CROSSFIT_SEED}
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -69,6 +71,8 @@ def _gram(q_attr, g_attr, q_id, g_id) -> tuple:
 
 def _distance_at(gram: tuple, alpha: float, metric: str) -> np.ndarray:
     """The (Q, G) distance of All at ``alpha`` from :func:`_gram`: 2 − 2 cos (Euclidean on unit vectors) or 1 − cos."""
+    import numpy as np
+
     attr, ident, (qa, ga, qi, gi) = gram
     c = (1.0 - alpha) ** 2
     q_norm = np.sqrt(qa + c * qi).astype(np.float32).clip(1e-12)
@@ -89,6 +93,8 @@ def _direct(features: dict[str, Any], alpha: float, paths):
 
 
 def _point(result, max_rank: int) -> dict[str, float]:
+    import numpy as np
+
     cmc = np.asarray(result.cmc, dtype=float)
     return {"mAP": float(result.mAP), "rank1": float(cmc[0]), "rank5": float(cmc[min(5, max_rank) - 1])}
 
@@ -102,8 +108,8 @@ def _sweep_veri(features, frame, alphas, configured, settings) -> dict[float, li
     query, gallery = veri_split(frame)
     q_ids, g_ids = query["vehicle_id"].to_numpy(), gallery["vehicle_id"].to_numpy()
     q_cams, g_cams = query["camera_id"].to_numpy(), gallery["camera_id"].to_numpy()
-    gram = _gram(*(features_of(features, name, rows["path"]) for name in ("Attr",) for rows in (query, gallery)),
-                 *(features_of(features, "ID", rows["path"]) for rows in (query, gallery)))
+    gram = _gram(features_of(features, "Attr", query["path"]), features_of(features, "Attr", gallery["path"]),
+                 features_of(features, "ID", query["path"]), features_of(features, "ID", gallery["path"]))
     out = {}
     for alpha in alphas:
         if alpha == configured:
@@ -142,6 +148,8 @@ def _sweep_vehicleid(features, frame, size, alphas, configured, settings) -> dic
 def fold_of(vehicle_ids, seed: int, folds: int = CROSSFIT_FOLDS) -> dict[int, int]:
     """Vehicle id -> fold: a seeded permutation of the sorted distinct ids, dealt round-robin. It depends only on
     the *set* of ids, so relabelling vehicles among one fold leaves every fold as it was."""
+    import numpy as np
+
     distinct = np.unique(np.asarray(vehicle_ids, dtype=np.int64))
     order = np.random.default_rng([int(seed), 0xA1FA]).permutation(len(distinct))
     return {int(distinct[i]): position % folds for position, i in enumerate(order)}
@@ -152,6 +160,8 @@ def crossfit(per_alpha: dict[float, list], configured: float, seed: int, folds: 
     """Cross-fitted α of one protocol from each α's per-trial (RankResult, query ids): the α for fold k is the one
     with the best mean AP over the *other* folds' queries (ties: the smaller α); each query is scored at its fold's
     α. mAP over trials as the records (mean of the per-trial means over scored queries)."""
+    import numpy as np
+
     alphas = sorted(per_alpha)
     trials = per_alpha[alphas[0]]
     fold = fold_of(np.concatenate([ids for _, ids in trials]), seed, folds)
@@ -197,6 +207,8 @@ def sweep_alpha(features: dict[str, Any], frame, protocols, sweep: dict[str, Any
     """``{"alpha_sweep": [...], "alpha_crossfit": [...]}`` of one run (module docstring) from its loaded features
     (Attr and ID; nothing is extracted again), its manifest and the evaluate document's ``alpha_sweep``
     (:func:`sweep_settings`); ``settings`` is the run's :class:`agnet.evaluate.EvalSettings`."""
+    import numpy as np
+
     from agnet.protocols import parse
 
     alphas = sorted({float(a) for a in sweep["alphas"]} | {float(configured)})
@@ -217,7 +229,7 @@ def sweep_alpha(features: dict[str, Any], frame, protocols, sweep: dict[str, Any
             points.append({"alpha": alpha, "protocol": protocol,
                            **{key: float(np.array([t[key] for t in trials]).mean()) for key in ("mAP", "rank1", "rank5")}})
         fits.append({"protocol": protocol, **crossfit(per_alpha, float(configured),
-                                                      sweep.get("crossfit_seed", settings.trial_seed),
+                                                      sweep.get("crossfit_seed", CROSSFIT_SEED),
                                                       sweep.get("crossfit_folds", CROSSFIT_FOLDS))})
     return {"alpha_sweep": points, "alpha_crossfit": fits}
 
@@ -279,3 +291,48 @@ def check_sweep(data: dict[str, Any], path: str | Path) -> None:
                 isinstance(f, dict) and _number_in(f.get("alpha"), 0.0, 1.0) for f in folds):
             raise AgnetError(f"{path}: alpha_crossfit[{i}].folds must be a non-empty list of folds each with an "
                              f"'alpha' in [0, 1], got {str(folds)[:60]!r}")
+
+
+# ------------------------------------------------------------------------------------------ report settings
+
+ALS_BASELINE = "agnet_asl"
+ALS_CONSTANTS = ("theta", "alpha", "beta")
+
+
+def als_variants(config: dict[str, Any], baseline: str = ALS_BASELINE) -> dict[str, dict[str, float]]:
+    """The trained variants that differ from ``baseline`` only in the ALS constants θ, α, β (Eq. 7): variant ->
+    its constants. Compared on the canonical training documents (:func:`agnet.settings.training_document`), so a
+    variant that also changes anything else — the ALS pairs, a learning rate — is not a θ/α/β sensitivity arm."""
+    from agnet.settings import training_document
+
+    if baseline not in config["train_variants"]:
+        return {}
+    base = training_document(config, baseline)["settings"]
+    found = {}
+    for variant in config["train_variants"]:
+        if variant == baseline:
+            continue
+        other = training_document(config, variant)["settings"]
+        differ = {key for key in set(base) | set(other) if base.get(key) != other.get(key)}
+        if differ != {"als"} or not base["als"] or not other["als"]:
+            continue
+        if {k: v for k, v in other["als"].items() if k not in ALS_CONSTANTS} != \
+                {k: v for k, v in base["als"].items() if k not in ALS_CONSTANTS}:
+            continue
+        found[variant] = {key: float(other["als"][key]) for key in ALS_CONSTANTS}
+    return found
+
+
+def report_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What the ``report/sensitivity`` job reads beyond the datasets shown: the configured α (None when All is not
+    evaluated), and the ALS arms (:func:`als_variants`) with the baseline's constants."""
+    from agnet.settings import training_document
+
+    evaluation = config["evaluation"]
+    alpha = float(evaluation["alpha"]) if "All" in evaluation["descriptors"] else None
+    trained = ALS_BASELINE in config["train_variants"]
+    base = training_document(config, ALS_BASELINE)["settings"]["als"] if trained else None
+    return {"alpha": alpha,
+            "als": {"baseline": ALS_BASELINE if trained else None,
+                    "baseline_constants": {k: float(base[k]) for k in ALS_CONSTANTS} if base else None,
+                    "variants": als_variants(config)}}

@@ -13,7 +13,8 @@ document               holds
 ``train/<variant>``    every result-affecting training setting of the variant (``training`` + its overrides)
 ``extract/<dataset>``  the images the dataset's features cover (VehicleID: the evaluated test lists; else all)
 ``evaluate/<dataset>`` descriptors, protocols, distance, max_rank, and only where they apply: α (the All
-                       descriptor), the VehicleID trials and their seed, the STR λ grid and camera rule (veri-str)
+                       descriptor), the VehicleID trials and their seed, the STR λ grid, camera rule and (a tuned
+                       λ) cross-fitting folds and fold seed (veri-str, veri-st)
 ``report/<job>``       per dataset format: the dataset shown, whether it is a synthetic twin, its stand-in lists
                        (jobs: tables, claims, figures_cmc, figures_training; figures_illustrations also holds
                        the descriptor, distance and α its t-SNE and retrieval panels use)
@@ -41,6 +42,7 @@ from typing import Any
 from agnet.config import validate_config
 from agnet.errors import AgnetError, ConfigError
 from agnet.protocols import dataset_protocols, list_protocols, parse
+from agnet.sensitivity import sweep_settings
 from agnet.train.settings import TrainSettings, resolve_settings
 
 # section -> operational key -> why it does not change a result
@@ -65,7 +67,7 @@ OPERATIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "evaluation": {"batch_size": 128, "workers": 4},
 }
 SCHEMA_VERSION = 1
-REPORT_JOBS = ("tables", "claims", "figures_cmc", "figures_illustrations", "figures_training")
+REPORT_JOBS = ("tables", "claims", "figures_cmc", "figures_illustrations", "figures_training", "sensitivity")
 
 
 def _finite(value: Any, where: str) -> list[str]:
@@ -113,8 +115,9 @@ def _check_training(config: dict[str, Any]) -> list[str]:
                         f"(defined: {', '.join(sorted(defined)) or 'none'})")
         return problems
     for variant, where_trained in (config.get("variant_datasets") or {}).items():
-        if variant not in config["train_variants"]:
-            problems.append(f"variant_datasets.{variant}: not in train_variants ({', '.join(config['train_variants'])})")
+        if variant not in config["variants"]:  # a variant defined but not trained may keep its entry
+            problems.append(f"variant_datasets.{variant}: not defined under 'variants' "
+                            f"({', '.join(sorted(config['variants']))})")
         unknown_ds = [ds for ds in where_trained if ds not in config["datasets"]]
         if unknown_ds:
             problems.append(f"variant_datasets.{variant}: {', '.join(map(repr, unknown_ds))} not defined under "
@@ -147,14 +150,8 @@ def _check_evaluation(config: dict[str, Any]) -> list[str]:
     if evaluation["max_rank"] < 5:
         problems.append(f"evaluation.max_rank: {evaluation['max_rank']} is below 5, the largest rank the tables "
                         "report (Rank-5)")
-    tuned = evaluation["str"]["enabled"] and len(set(evaluation["str"]["lambdas"])) > 1
     for name in config["run"]:
         entry = config["datasets"][name]
-        if entry["format"] == "veri" and tuned and entry.get("holdout_vehicles", 0) == 0:
-            problems.append(f"datasets.{name}.holdout_vehicles: 0, but evaluation.str tunes λ over "
-                            f"{len(set(evaluation['str']['lambdas']))} values on held-out training vehicles: hold "
-                            "some out (the paper protocol holds out 50) or give one fixed value in "
-                            "evaluation.str.lambdas")
         try:
             dataset_protocols(name, entry, evaluation)
         except AgnetError as error:
@@ -246,11 +243,16 @@ def evaluation_settings(evaluation: dict[str, Any], protocols: list[str],
                                 "distance": evaluation["distance"], "max_rank": evaluation["max_rank"]}
     if "All" in descriptors:
         settings["alpha"] = float(evaluation["alpha"])
+        sweep = sweep_settings(evaluation, list(protocols))  # α sensitivity of All (agnet.sensitivity)
+        if sweep is not None:
+            settings["alpha_sweep"] = sweep
     if any(p.test_size is not None for p in parsed):
         settings["vehicleid"] = {"trials": evaluation["vehicleid_trials"], "trial_seed": evaluation["trial_seed"]}
-    if any(p.reranked for p in parsed):
-        settings["str"] = {"lambdas": sorted({float(v) for v in evaluation["str"]["lambdas"]}),
-                           "same_camera": evaluation["str"]["same_camera"]}
+    if any(p.reranked for p in parsed):  # veri-str and its control veri-st
+        lambdas = sorted({float(v) for v in evaluation["str"]["lambdas"]})
+        settings["str"] = {"lambdas": lambdas, "same_camera": evaluation["str"]["same_camera"]}
+        if len(lambdas) > 1:  # λ is cross-fitted over folds of the test vehicles (a single λ is used as given)
+            settings["str"].update(folds=int(evaluation["str"]["folds"]), fold_seed=int(evaluation["str"]["fold_seed"]))
     return settings
 
 
@@ -264,7 +266,8 @@ def evaluation_document(config: dict[str, Any], dataset: str) -> dict[str, Any]:
 
 def report_datasets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Format (veri/vehicleid) -> the dataset the tables, claims and figures show (the first of that format in
-    ``run``): its name, whether it is a synthetic twin, and (a VehicleID twin) the lists standing for the paper's."""
+    ``run``): its name, whether it is a synthetic twin, (a VehicleID twin) the lists standing for the paper's, and
+    ``holdout_vehicles`` only where the dataset holds training vehicles out of training (the captions state it)."""
     from agnet.data.constants import synthetic_stand_ins
 
     shown: dict[str, dict[str, Any]] = {}
@@ -274,6 +277,8 @@ def report_datasets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         stand_ins = synthetic_stand_ins(entry["source"]) if synthetic and entry["format"] == "vehicleid" else None
         shown.setdefault(entry["format"], {"dataset": name, "synthetic": synthetic,
                                            "stand_ins": {str(k): v for k, v in (stand_ins or {}).items()} or None})
+        if entry.get("holdout_vehicles") and shown[entry["format"]]["dataset"] == name:  # the tables' captions say so
+            shown[entry["format"]]["holdout_vehicles"] = int(entry["holdout_vehicles"])
     return shown
 
 
@@ -283,7 +288,7 @@ def report_document(config: dict[str, Any], job: str) -> dict[str, Any]:
     if job not in REPORT_JOBS:
         raise AgnetError(f"unknown report job {job!r} ({', '.join(REPORT_JOBS)})")
     shown = report_datasets(config)
-    if job.startswith("figures_"):  # figures read the dataset and whether it is a twin, not the stand-in lists
+    if job.startswith("figures_") or job == "sensitivity":  # the dataset and whether it is a twin, not stand-ins
         shown = {fmt: {k: v for k, v in entry.items() if k != "stand_ins"} for fmt, entry in shown.items()}
     if job == "figures_training":  # the training curves show the VeRi dataset's runs only
         shown = {fmt: entry for fmt, entry in shown.items() if fmt == "veri"}
@@ -292,6 +297,10 @@ def report_document(config: dict[str, Any], job: str) -> dict[str, Any]:
         evaluation = config["evaluation"]
         settings["illustration"] = {"descriptor": "All", "distance": evaluation["distance"],
                                     "alpha": float(evaluation["alpha"])}
+    if job == "sensitivity":  # α's sweep and the ALS-constant variants (agnet.sensitivity.report_settings)
+        from agnet.sensitivity import report_settings
+
+        settings.update(report_settings(config))
     return _document("report", job, settings)
 
 

@@ -211,8 +211,8 @@ def write_docs(result: dict, note: str) -> None:
         a = p["assumptions"]
         rates = [f"{r:,.0f}" for r in a["gpu_train_images_per_s"]]
         lines += ["", (f"Projection of the full protocol ({a['variants']} variants x {a['seeds']} seeds x "
-                       f"{a['epochs']} epochs, both datasets) on one GPU, from the VeRi twin's training set (50 vehicles "
-                       f"held out for STR) and the paper's {PAPER_VEHICLEID_TRAIN_IMAGES:,} attribute-labelled "
+                       f"{a['epochs']} epochs, both datasets) on one GPU, from the VeRi twin's training set (all its "
+                       f"training vehicles) and the paper's {PAPER_VEHICLEID_TRAIN_IMAGES:,} attribute-labelled "
                        f"VehicleID images (an epoch = every training image as an anchor with its partner) and "
                        f"**assumed** "
                        f"{' or '.join(rates)} training and {a['gpu_extract_images_per_s']:,.0f} extraction "

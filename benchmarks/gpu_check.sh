@@ -77,21 +77,19 @@ print(json.dumps(versions))
 EOF
 
 # 3. Its own twins: a VeRi-size twin for extraction + evaluation (release crops), a smaller one for training.
-# held-out training vehicles on which veri-str tunes its weight: config.yaml's 50 for VeRi (1 when shrunk)
+# No vehicle is held out of training (veri-str cross-fits its weight on the test vehicles, as config.yaml does).
 # Shrunk, one tiny twin serves both (its training split is what the training rows read).
 if [ "$SHRINK" = 1 ]; then
-  TWINS="eval:0.005"; TRAIN=eval; HOLDOUT=1
+  TWINS="eval:0.005"; TRAIN=eval
 else
-  TWINS="eval:1.0 train:0.1"; TRAIN=train; HOLDOUT=50
+  TWINS="eval:1.0 train:0.1"; TRAIN=train
 fi
 for name_scale in $TWINS; do
   name="${name_scale%%:*}"; scale="${name_scale#*:}"
   if [ ! -f "$OUT/$name.parquet" ]; then
     rm -rf "$OUT/$name-veri"
     "$PYTHON" -m agnet data synth veri "$OUT/$name-veri" --release-scale "$scale" > "$OUT/synth-$name.log"
-    holdout=$([ "$name" = eval ] && echo "$HOLDOUT" || echo 0)
-    "$PYTHON" -m agnet data manifest veri "$OUT/$name-veri" -o "$OUT/$name.parquet" \
-      --holdout-vehicles "$holdout" > "$OUT/manifest-$name.log"
+    "$PYTHON" -m agnet data manifest veri "$OUT/$name-veri" -o "$OUT/$name.parquet" > "$OUT/manifest-$name.log"
   fi
 done
 

@@ -26,8 +26,8 @@ def trained(tmp_path_factory):
 
 
 def make_trained(tmp_path_factory):
-    """A one-epoch run on a 10-vehicle VeRi twin: VeRi/, m.parquet (2 held-out ``val`` vehicles, on which
-    re-ranking tunes λ), run/model.pt. Trained once per test session and shared (tests only read it)."""
+    """A one-epoch run on a 10-vehicle VeRi twin: VeRi/, m.parquet (2 held-out ``val`` vehicles: the manifest
+    option, extracted but not evaluated), run/model.pt. Trained once per test session and shared (tests only read it)."""
     base = tmp_path_factory.getbasetemp() / "trained-veri-twin"
     if (base / "run" / "model.pt").is_file():
         return base
@@ -144,14 +144,15 @@ def test_one_evaluation_per_run_equals_the_per_protocol_results(trained, tmp_pat
     common = ["evaluate", *config, "--features", str(features), "--manifest", str(trained / "m.parquet"),
               "--model", str(trained / "run" / "model.pt")]
     assert main([*common, "-o", str(tmp_path / "all.json")]) == 0
-    assert "INFO agnet: wrote 6 results to" in capsys.readouterr().err
+    assert "INFO agnet: wrote 7 results to" in capsys.readouterr().err
     whole = json.loads((tmp_path / "all.json").read_text())
     assert [(r["descriptor"], r["protocol"]) for r in whole["records"]] == [
-        (d, p) for d in ("Attr", "ID", "All") for p in ("veri", "veri-str")]
+        (d, p) for d in ("Attr", "ID", "All") for p in ("veri", "veri-str")] + [("none", "veri-st")]  # control once
     assert whole["provenance"]["dataset"] == "twin" and whole["provenance"]["variant"] == "agnet_asl"
     for record in whole["records"]:
         out = tmp_path / f"{record['descriptor']}-{record['protocol']}.json"
-        assert main(["--log-level", "warning", *common, "--descriptor", record["descriptor"], "--protocol",
+        descriptor = "All" if record["descriptor"] == "none" else record["descriptor"]  # veri-st reads none
+        assert main(["--log-level", "warning", *common, "--descriptor", descriptor, "--protocol",
                      record["protocol"], "-o", str(out)]) == 0
         assert capsys.readouterr().err == ""  # nothing below a warning
         (single,) = json.loads(out.read_text())["records"]

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features(trained):
-    """Features of the trained run (with its held-out vehicles, for veri-str)."""
+    """Features of the trained run (its held-out ``val`` vehicles too: extracted, not evaluated)."""
     out = trained / "faults-features.pt"
     assert main(["extract", *_cli_config(trained), "--model", str(trained / "run" / "model.pt"), "--manifest",
                  str(trained / "m.parquet"), "--out", str(out), "--no-progress"]) == 0

@@ -61,6 +61,36 @@ def test_aggregate_refuses_two_datasets_under_one_label(tmp_path):
     aggregate([a, metrics_file(tmp_path / "d.json", seed=1)], tmp_path / "out")  # same data, two seeds: fine
 
 
+def test_aggregate_states_each_folds_lambda_its_edge_and_the_control_once_per_run(tmp_path):
+    """runs.csv: str_lambda (the folds' mean), str_lambdas and str_at_edge; summary: each seed's fold λs and the
+    seeds with an edge; the spatio-temporal control is one row per run under the descriptor 'none'."""
+    folds = [{"fold": 0, "lambda": 0.3, "at_edge": None}, {"fold": 1, "lambda": 2.0, "at_edge": "upper"}]
+    rerank = {"lambda": 1.15, "lambdas": [0.3, 2.0], "folds": folds, "grid": [0.0, 0.5, 1.0], "max_doublings": 8,
+              "fold_assignment": {"folds": 2, "seed": 0}, "at_edge": "upper"}
+    paths = []
+    for seed, changes in ((0, {"str": rerank}), (1, {"str": {**rerank, "lambda": 0.4, "lambdas": [0.3, 0.5],
+                                                            "folds": [{**folds[0]}, {**folds[1], "lambda": 0.5,
+                                                                                     "at_edge": None}]}})):
+        path = metrics_file(tmp_path / f"{seed}.json", seed=seed, protocol="veri-str", **changes)
+        data = json.loads(path.read_text())
+        data["records"].append({**data["records"][0], "protocol": "veri-st", "descriptor": "none",
+                                "distance": "none (spatio-temporal term only)"})
+        del data["records"][1]["str"]
+        path.write_text(json.dumps(data))
+        paths.append(path)
+    summary = aggregate(paths, tmp_path / "out")
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv", keep_default_na=False)
+    rerun = runs[runs["protocol"] == "veri-str"].set_index("seed")
+    assert rerun["str_lambdas"].tolist() == ["0.3/2", "0.3/0.5"] and rerun["str_at_edge"].tolist() == ["upper", ""]
+    assert rerun["str_lambda"].astype(float).tolist() == [1.15, 0.4]
+    assert rerun.loc[0, "str_tuning"].startswith("2 folds of the test vehicles (seed 0), grid 0–1 (3 values)")
+    assert (runs["protocol"] == "veri-st").sum() == 2 and set(runs.loc[runs["protocol"] == "veri-st", "descriptor"]) == {
+        "none"}
+    row = summary[summary["protocol"] == "veri-str"].iloc[0]
+    assert row["str_lambdas"] == "0.3/2; 0.3/0.5" and row["str_edge_seeds"] == 1
+    assert summary.loc[summary["protocol"] == "veri-st", "str_lambdas"].isna().all()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"seed": "0"}, r"provenance.seed must be a non-negative integer, got '0'"),
     ({"seed": 1.5}, r"provenance.seed must be a non-negative integer, got 1.5"),
@@ -73,6 +103,10 @@ def test_aggregate_refuses_two_datasets_under_one_label(tmp_path):
     ({"trials": 3}, r"record 0: trials must be a non-empty list of trials, got '3'"),
     ({"str": 0.5}, r"record 0: str must be a mapping with a number 'lambda'"),
     ({"mAP_std": "wide"}, r"record 0: mAP_std must be a number"),
+    ({"descriptor": "none"}, r"record 0: descriptor 'none' with protocol veri: 'none' is the descriptor of a protocol"),
+    ({"protocol": "veri-st"}, r"record 0: descriptor 'All' with protocol veri-st"),
+    ({"protocol": "veri-str", "str": {"lambda": 0.4, "folds": [{"lambda": 0.3, "at_edge": "top"}]}},
+     r"record 0: str.folds must be a non-empty list of folds, each with a number 'lambda' and 'at_edge'"),
 ])
 def test_a_malformed_metrics_file_is_one_line_naming_the_field(tmp_path, capsys, change, message):
     seed = change.pop("seed", 0)

@@ -26,16 +26,17 @@ from agnet.retrieval import rank_gallery
 EVALUATION = {"str": {"enabled": True}, "vehicleid_test_sizes": [800, 1600, 2400, 3200]}
 
 
-@pytest.mark.parametrize("name, fmt, size, reranked", [
-    ("veri", "veri", None, False), ("veri-str", "veri", None, True), ("vehicleid-800", "vehicleid", 800, False)])
-def test_protocol_names_parse(name, fmt, size, reranked):
+@pytest.mark.parametrize("name, fmt, size, reranked, appearance", [
+    ("veri", "veri", None, False, True), ("veri-str", "veri", None, True, True), ("veri-st", "veri", None, True, False),
+    ("vehicleid-800", "vehicleid", 800, False, True)])
+def test_protocol_names_parse(name, fmt, size, reranked, appearance):
     parsed = parse(name)
-    assert (parsed.format, parsed.test_size, parsed.reranked) == (fmt, size, reranked)
+    assert (parsed.format, parsed.test_size, parsed.reranked, parsed.appearance) == (fmt, size, reranked, appearance)
 
 
 @pytest.mark.parametrize("name", ["bogus", "vehicleid-", "vehicleid-x", "vehicleid-0", "VeRi", "veri_str"])
 def test_an_unknown_protocol_is_refused_naming_the_valid_ones(name):
-    with pytest.raises(AgnetError, match=r"unknown protocol .* \(expected veri, veri-str or vehicleid-<N>\)"):
+    with pytest.raises(AgnetError, match=r"unknown protocol .* \(expected veri, veri-str, veri-st or vehicleid-<N>\)"):
         parse(name)
     with pytest.raises(AgnetError, match="unknown protocol"):
         list_protocols(["vehicleid-800", name])  # what extraction reads: never silently ignored
@@ -56,7 +57,7 @@ def test_the_lists_a_dataset_is_evaluated_on_follow_its_source():
     assert dataset_protocols("v", twin, EVALUATION) == ["vehicleid-25", "vehicleid-50", "vehicleid-75",
                                                         "vehicleid-100"]
     assert len(dataset_protocols("v", release, EVALUATION)) == 4
-    assert dataset_protocols("v", veri, EVALUATION) == ["veri", "veri-str"]
+    assert dataset_protocols("v", veri, EVALUATION) == ["veri", "veri-str", "veri-st"]  # STR and its control
     assert dataset_protocols("v", veri, {**EVALUATION, "str": {"enabled": False}}) == ["veri"]
     for entry in (real, release):
         with pytest.raises(ConfigError, match=r"1500 is not a test list of VehicleID \(dataset 'v'"):

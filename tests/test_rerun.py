@@ -22,7 +22,7 @@ from tests.test_settings import BAD_CONFIGS
 from tests.test_workflow import DEMO, snakemake
 
 VERI, VID = "tiny-veri", "tiny-vehicleid"
-REPORT = {"aggregate", "tables", "claims", "figures_cmc"}  # downstream of every evaluation
+REPORT = {"aggregate", "tables", "claims", "figures_cmc", "sensitivity"}  # downstream of every evaluation
 
 
 def planned(done: subprocess.CompletedProcess) -> set[str]:
@@ -57,10 +57,13 @@ EVALUATION_EDITS = [
     ({"alpha": 0.3}, {f"evaluate:{VERI}", f"evaluate:{VID}", "figures_illustrations"}),
     ({"distance": "cosine"}, {f"evaluate:{VERI}", f"evaluate:{VID}", "figures_illustrations"}),
     ({"max_rank": 20}, {f"evaluate:{VERI}", f"evaluate:{VID}"}),
+    ({"alpha_sweep": [0.0, 0.5, 1.0]}, {f"evaluate:{VERI}", f"evaluate:{VID}"}),
     ({"trial_seed": 3}, {f"evaluate:{VID}"}),
     ({"vehicleid_trials": 4}, {f"evaluate:{VID}"}),
     ({"str": {"lambdas": [0.0, 0.25, 0.5]}}, {f"evaluate:{VERI}"}),
     ({"str": {"same_camera": "zero"}}, {f"evaluate:{VERI}"}),
+    ({"str": {"folds": 3}}, {f"evaluate:{VERI}"}),
+    ({"str": {"fold_seed": 4}}, {f"evaluate:{VERI}"}),
 ]
 
 
@@ -108,13 +111,14 @@ def test_edits_and_overrides_reach_the_jobs_and_a_second_dry_run_is_empty(tiny_d
         metrics = json.loads((run / "metrics.json").read_text())
         evaluation = metrics["evaluation"]
         assert (evaluation["alpha"], evaluation["distance"], evaluation["max_rank"]) == (0.3, "cosine", 20)
-        assert all(len(record["cmc"]) == 20 and record["distance"] == "cosine" for record in metrics["records"])
+        assert all(len(record["cmc"]) == 20 for record in metrics["records"])
+        assert all(record["distance"] == "cosine" for record in metrics["records"] if record["descriptor"] != "none")
         assert metrics["provenance"]["settings"] == f"results/settings/evaluate/{name}.json"
     vid = json.loads((work / f"results/runs/{VID}/agnet_asl/seed0/metrics.json").read_text())
     assert vid["evaluation"]["vehicleid"] == {"trials": 4, "trial_seed": 3}
     assert all(len(record["trials"]) == 4 for record in vid["records"])
     veri = json.loads((work / f"results/runs/{VERI}/agnet_asl/seed0/metrics.json").read_text())
-    assert veri["evaluation"]["str"] == {"lambdas": [0.0, 0.25], "same_camera": "zero"}
+    assert veri["evaluation"]["str"] == {"lambdas": [0.0, 0.25], "same_camera": "zero", "folds": 2, "fold_seed": 0}
     assert next(r for r in veri["records"] if r["protocol"] == "veri-str")["str"]["same_camera"] == "zero"
     assert "4 random gallery draws" in (work / "results/tables/table2.md").read_text()  # the caption: the data's
     again = snakemake(work, *args, edits, *override, "-n")

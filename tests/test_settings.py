@@ -45,20 +45,24 @@ TRAIN = {"train/only_id", "train/agnet_ce", "train/agnet_asl", "train/agnet_ce_u
 
 # setting -> the documents (so the jobs) it may change; everything else must stay byte-identical
 DEPENDANTS = [
-    ({"evaluation": {"alpha": 0.3}}, EVALUATE | {"report/figures_illustrations"}),
+    ({"evaluation": {"alpha": 0.3}}, EVALUATE | {"report/figures_illustrations", "report/sensitivity"}),
+    ({"evaluation": {"alpha_sweep": [0.0, 0.25, 1.0]}}, EVALUATE),  # scored by the evaluate jobs only
     ({"evaluation": {"distance": "cosine"}}, EVALUATE | {"report/figures_illustrations"}),
     ({"evaluation": {"max_rank": 20}}, EVALUATE),
     ({"evaluation": {"trial_seed": 4}}, {"evaluate/vehicleid-synth"}),
     ({"evaluation": {"vehicleid_trials": 3}}, {"evaluate/vehicleid-synth"}),
     ({"evaluation": {"str": {"lambdas": [0.0, 0.4]}}}, {"evaluate/veri-synth"}),
     ({"evaluation": {"str": {"same_camera": "zero"}}}, {"evaluate/veri-synth"}),
+    ({"evaluation": {"str": {"folds": 3}}}, {"evaluate/veri-synth"}),
+    ({"evaluation": {"str": {"fold_seed": 5}}}, {"evaluate/veri-synth"}),
     ({"evaluation": {"str": {"enabled": False}}}, {"evaluate/veri-synth"}),  # VeRi features cover every image
-    ({"evaluation": {"descriptors": ["ID"]}}, EVALUATE),
+    ({"evaluation": {"descriptors": ["ID"]}}, EVALUATE | {"report/sensitivity"}),  # no All: no α to mark
     ({"evaluation": {"vehicleid_test_sizes": [800]}}, set()),  # a small twin has its own four lists
     ({"training": {"lr": 0.02}}, TRAIN),
     ({"training": {"input_size": [48, 48]}}, TRAIN),
     ({"training": {"amp": "on"}}, TRAIN),
-    ({"training": {"als": {"theta": 0.3}}}, {"train/agnet_asl", "train/agnet_asl_shuffled"}),  # CE: no ALS read
+    ({"training": {"als": {"theta": 0.3}}},  # CE: no ALS read; the sensitivity report states AGNet-ASL's constants
+     {"train/agnet_asl", "train/agnet_asl_shuffled", "report/sensitivity"}),
     ({"training": {"als": {"pairs": "attributes"}}}, set()),  # the default, written out: the same recipe
     ({"variants": {"agnet_asl": {"als": {"pairs": "shuffled"}}}}, {"train/agnet_asl"}),
     ({"training": {"hard_negative_fraction": 0.25}},  # Only-ID: no mining; the uniform arm sets its own 0
@@ -103,8 +107,9 @@ def test_operational_settings_are_split_once_and_reach_the_jobs_as_flags():
 def test_documents_hold_what_their_stage_reads():
     result = plan(demo_config())
     veri, vid = result.document("evaluate/veri-synth")["settings"], result.document("evaluate/vehicleid-synth")
-    assert veri["protocols"] == ["veri", "veri-str"] and "vehicleid" not in veri and veri["alpha"] == 0.5
-    assert veri["str"] == {"lambdas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], "same_camera": "nearest"}
+    assert veri["protocols"] == ["veri", "veri-str", "veri-st"] and "vehicleid" not in veri and veri["alpha"] == 0.5
+    assert veri["str"] == {"lambdas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], "same_camera": "nearest",
+                           "folds": 2, "fold_seed": 0}
     assert vid["settings"]["protocols"] == ["vehicleid-25", "vehicleid-50", "vehicleid-75", "vehicleid-100"]
     assert "str" not in vid["settings"] and vid["settings"]["vehicleid"] == {"trials": 10, "trial_seed": 0}
     assert result.document("extract/vehicleid-synth")["settings"]["images"] == vid["settings"]["protocols"]
@@ -118,6 +123,21 @@ def test_documents_hold_what_their_stage_reads():
     report = result.document("report/tables")["settings"]["datasets"]
     assert report["vehicleid"] == {"dataset": "vehicleid-synth", "synthetic": True,
                                    "stand_ins": {"800": 25, "1600": 50, "2400": 75, "3200": 100}}
+
+
+def test_str_tunes_lambda_without_held_out_vehicles_and_its_folds_reach_the_evaluation():
+    """Several λ and no held-out vehicle is the paper protocol now (λ is cross-fitted on the test vehicles); the
+    folds are in the evaluate document (a change reruns it) and read by the evaluation; one fixed λ has no folds."""
+    from agnet.evaluate import EvalSettings
+
+    config = demo_config(evaluation={"str": {"folds": 3, "fold_seed": 4}})
+    assert all(not entry.get("holdout_vehicles") for entry in config["datasets"].values())
+    check_config(config)
+    veri = plan(config).document("evaluate/veri-synth")["settings"]
+    settings = EvalSettings.from_settings(veri)
+    assert (settings.str_folds, settings.str_fold_seed, len(settings.str_lambdas)) == (3, 4, 8)
+    fixed = plan(demo_config(evaluation={"str": {"lambdas": [0.3]}})).document("evaluate/veri-synth")["settings"]
+    assert fixed["str"] == {"lambdas": [0.3], "same_camera": "nearest"}  # nothing tuned: no folds read
 
 
 def test_a_document_round_trips_to_the_settings_a_job_runs_with(tmp_path):
@@ -166,10 +186,11 @@ def test_a_ce_variant_does_not_read_the_als_constants():
 BAD_CONFIGS = [
     ({"figures": {"seed": 7}}, r"figures\.seed: 7 is not trained \(seeds: 0, 1, 2\)"),
     ({"figures": {"variant": "agnet_x"}}, r"figures\.variant: 'agnet_x' is not trained"),
-    ({"datasets": {"veri-synth": {"holdout_vehicles": 0}}},
-     r"datasets\.veri-synth\.holdout_vehicles: 0, but evaluation\.str tunes λ over 8 values"),
+    ({"evaluation": {"str": {"folds": 1}}}, r"evaluation\.str\.folds: 1 is less than the minimum of 2"),
     ({"evaluation": {"str": {"lambdas": [0.0, float("inf")]}}}, r"evaluation\.str\.lambdas\[1\]: inf is not a finite"),
     ({"training": {"lr": float("nan")}}, r"training\.lr: nan is not a finite number"),
+    ({"evaluation": {"alpha_sweep": [0.0, 1.5]}}, r"evaluation\.alpha_sweep\.1: 1\.5 is greater than the maximum of 1"),
+    ({"evaluation": {"alpha_sweep": [0.0, float("nan")]}}, r"evaluation\.alpha_sweep\[1\]: nan is not a finite number"),
     ({"variants": {"agnet_ce": {"loss_weights": {"category": 0.0, "attributes": 0.0, "verify": 0.0}}}},
      r"variants\.agnet_ce\.loss_weights: all zero"),
     ({"variants": {"agnet_asl": {"workers": 2}}}, r"variants\.agnet_asl: workers is an operational setting"),

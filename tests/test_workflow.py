@@ -32,7 +32,6 @@ datasets:
   tiny-veri:
     format: veri
     source: {kind: synthetic, vehicles: 8, cameras: 3, seed: 1}
-    holdout_vehicles: 2
   tiny-vehicleid:
     format: vehicleid
     source: {kind: synthetic, vehicles: 16, cameras: 3, seed: 1}
@@ -57,11 +56,11 @@ def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     counts = _job_counts(done.stdout)
     # 3 seeds x (3 variants on the VeRi twin + 5, the ablation arms too, on the VehicleID twin)
-    assert counts["total"] == "99" and counts["train"] == counts["extract"] == counts["evaluate"] == "24"
-    # one settings document per variant (5), per dataset and stage (2 x 2) and per report job (5)
-    assert counts["settings"] == "14"
+    assert counts["total"] == "101" and counts["train"] == counts["extract"] == counts["evaluate"] == "24"
+    # one settings document per variant (5), per dataset and stage (2 x 2) and per report job (6)
+    assert counts["settings"] == "15"
     for rule in ("synthesize", "verify", "manifest", "aggregate", "tables", "claims", "figures_cmc",
-                 "figures_illustrations", "figures_training"):
+                 "figures_illustrations", "figures_training", "sensitivity"):
         assert counts[rule] in ("1", "2"), rule
     shells = [line for line in done.stdout.splitlines() if "python -m agnet train " in line]
     assert len(shells) == 24 and all("--threads 1 " in line for line in shells)
@@ -76,7 +75,7 @@ def test_demo_profile_works_from_any_working_directory(tmp_path):
     command = [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/demo"), "--cores", "1", "-n"]
     done = subprocess.run(command, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _job_counts(done.stdout)["total"] == "99"
+    assert _job_counts(done.stdout)["total"] == "101"
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
@@ -121,26 +120,33 @@ def test_end_to_end_on_tiny_twins(tiny_run, tmp_path_factory):
         assert json.loads((run / "run.json").read_text())["settings"]["epochs"] == 10  # the merged configs reached it
         metrics = json.loads((run / "metrics.json").read_text())  # one file per run: every descriptor x protocol
         expected = ["veri", "veri-str"] if fmt == "veri" else [f"vehicleid-{n}" for n in (2, 4, 6, 8)]
-        assert [(r["descriptor"], r["protocol"]) for r in metrics["records"]] == [("All", p) for p in expected]
+        control = [("none", "veri-st")] if fmt == "veri" else []  # the spatio-temporal term alone: once per run
+        assert [(r["descriptor"], r["protocol"]) for r in metrics["records"]] == [("All", p) for p in expected] + control
         provenance = metrics["provenance"]  # what the numbers were computed from, not guessed from folders
         assert (provenance["dataset"], provenance["variant"], provenance["seed"]) == (name, "agnet_asl", 0)
         assert provenance["model_sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
         assert provenance["features_sha256"] == hashlib.sha256((run / "features.pt").read_bytes()).hexdigest()
     summary = pd.read_csv(tmp_path / "results/metrics/summary.csv")
-    assert len(summary) == 6 and set(summary["descriptor"]) == {"All"} and (summary["seeds"] == 1).all()
+    assert len(summary) == 7 and set(summary["descriptor"]) == {"All", "none"} and (summary["seeds"] == 1).all()
     assert summary["mAP_mean"].between(0, 1).all()
     runs = pd.read_parquet(tmp_path / "results/metrics/runs.parquet")
-    assert len(runs) == 6 and runs["model_sha256"].str.len().eq(64).all()
+    assert len(runs) == 7 and runs["model_sha256"].str.len().eq(64).all()
+    rerank = runs[runs["protocol"] == "veri-str"].iloc[0]  # each fold's λ, and whether one sits at a grid edge
+    assert len(str(rerank["str_lambdas"]).split("/")) == 2 and "str_at_edge" in runs
+    assert "λ per fold across seeds" in (tmp_path / "results/tables/table1.md").read_text()
     for n in range(1, 5):
         assert "SYNTHETIC TWIN" in (tmp_path / f"results/tables/table{n}.md").read_text()
         assert (tmp_path / f"results/tables/table{n}.tex").read_text().startswith("\\begin{table*}")
     assert "Synthetic twins, not the real datasets" in (tmp_path / "results/claims.md").read_text()
-    for figure in ("fig5_cmc_veri", "fig6_cmc_vehicleid", "fig7_tsne", "fig8_retrieval_veri", "training_curves"):
+    assert "**0.5 (configured)**" in (tmp_path / "results/tables/sensitivity.md").read_text()  # α swept, marked
+    for figure in ("fig5_cmc_veri", "fig6_cmc_vehicleid", "fig7_tsne", "fig8_retrieval_veri", "training_curves",
+                   "alpha_sensitivity"):
         assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 10_000
     report = snakemake(tmp_path, *args, "--report", str(report_html))
     assert report.returncode == 0, report.stderr[-2000:]
     html = report_html.read_text(errors="replace")
     assert "claims.md" in html and "fig5_cmc_veri.png" in html and "summary.csv" in html
+    assert "sensitivity.md" in html and "alpha_sensitivity.png" in html
     again = snakemake(tmp_path, "--cores", "2", *args, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # a finished run is not redone
 
@@ -186,7 +192,7 @@ _READERS = {
     "train:tiny-veri": ["extract:tiny-veri", "evaluate:tiny-veri", "figures_training"],  # model.pt, train_log.csv
     "train:tiny-vehicleid": ["extract:tiny-vehicleid", "evaluate:tiny-vehicleid"],
     **{f"extract:{d}": [f"evaluate:{d}", "figures_illustrations"] for d in _DS},  # the illustrated run's features
-    **{f"evaluate:{d}": ["aggregate"] for d in _DS},
+    **{f"evaluate:{d}": ["aggregate", "sensitivity"] for d in _DS},  # sensitivity: the metrics.json files
     "aggregate": ["tables", "claims", "figures_cmc"],
 }
 _RUN = "results/runs/tiny-veri/agnet_asl/seed0"
@@ -277,6 +283,7 @@ def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == "18"
     assert counts["tables"] == counts["claims"] == "1"
     assert counts["figures_cmc"] == counts["figures_illustrations"] == counts["figures_training"] == "1"
+    assert counts["sensitivity"] == "1" and counts["total"] == "82"  # + the α/ALS sensitivity report and its settings
 
 
 def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):

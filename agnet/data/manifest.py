@@ -7,7 +7,8 @@ column         dtype     meaning
 =============  ========  ==========================================================================
 path           string    image path relative to the dataset root (``metadata["root"]``), POSIX
 split          string    VeRi: ``train``/``query``/``gallery``; VehicleID: ``train``/``test``; ``val``: training
-                         vehicles held out of training (``holdout_vehicles``) to tune STR's weight λ
+                         vehicles held out of training (``holdout_vehicles``, 0 in every shipped config; no
+                         evaluation reads them: STR's λ is cross-fitted on the test vehicles)
 list_index     int32     0-based position in the split's list file (VeRi gt/jk indices refer to it)
 vehicle_id     int32     the dataset's own vehicle number (VeRi 1..776, VehicleID 0..27957)
 class_id       Int32     0-based identity class for training (train rows, by ascending vehicle_id); NA elsewhere

@@ -202,7 +202,9 @@ def cmc_figure(cmc: pd.DataFrame, dataset: str, out_stem: str | Path, *, title_n
     if rows.empty:
         known = ", ".join(sorted(map(str, cmc["dataset"].unique()))) or "none"
         raise AgnetError(f"no CMC rows for dataset {dataset!r} (datasets: {known})")
-    protocols = panel_order(rows["protocol"].unique())
+    # The paper's two panels: the spatio-temporal-only control (veri-st, descriptor "none": the same curve in every
+    # run, no network) is a row of Table I, not a panel here.
+    protocols = panel_order(rows.loc[rows["descriptor"] != "none", "protocol"].unique())
     panels = [(p, cmc_curves(rows, dataset, p, max_rank)) for p in protocols]
     seeds = max(c.n_seeds for _, curves in panels for c in curves)
     variants = _variant_order(rows["variant"].unique())

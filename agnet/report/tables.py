@@ -5,6 +5,12 @@ published value per column in bold as in the paper) and as markdown. The caption
 dataset, protocol, distance, seeds and trials — the seeds, trials and distance as the summary's rows record them,
 never as a configuration says they should be — and whether the data is the real dataset or a synthetic twin: a
 table made from synthetic data says so in its caption and title row.
+
+A VeRi caption states that every row trains on all training vehicles (or how many a dataset holds out). A row
+re-ranked with the spatio-temporal term (``veri-str``) states its λ: the caption lists each seed's fold λs and how
+they were chosen (cross-fitting on the test vehicles, the grid), and the row is marked ‡ when a fold's λ sits at an
+edge of its searched grid (the summary's ``str_lambdas``, ``str_edge_seeds``, ``str_tuning``). A table's
+``controls`` (Table I: the spatio-temporal term alone, ``veri-st``) are our rows without a paper value.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from tabulate import tabulate
 
 from agnet.errors import AgnetError
 from agnet.fileio import write_text
+from agnet.protocols import parse
 from agnet.report.paper import load_paper, parse_value
 
 METRIC_KEYS = {"mAP": "mAP", "Rank1": "rank1", "Rank5": "rank5"}
@@ -25,6 +32,9 @@ FLAG = " †"  # a result that includes a truncated run or one resumed with a ch
 FLAG_NOTE = ("† includes seeds whose model was cut short (training.max_steps) or resumed with a changed schedule "
              "(--allow-changed): not the paper's training")
 SYNTHETIC_NOTE = "SYNTHETIC TWIN, not the real dataset: these numbers are not a reproduction of the paper"
+EDGE = " ‡"  # a re-ranked row one of whose folds chose a λ at an edge of the searched grid
+EDGE_NOTE = ("‡ a fold's λ is at the edge of the searched grid (upper: the largest searched, after doubling; "
+             "lower: the smallest, re-ranking did not help there)")
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,8 @@ def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict
                 mean = got[0]
                 ours.append(_our_cell(*got))
                 delta.append(Cell("-" if paper is None else f"{mean - paper:+.2f}", None if paper is None else mean - paper))
-        labels += [f"{row['method']} (ours)", f"{row['method']} (ours − paper)"]
+        edge = any((_str_info(summary, dataset, spec, p) or {}).get("edge_seeds") for p in row_protocols)
+        labels += [f"{row['method']} (ours){EDGE if edge else ''}", f"{row['method']} (ours − paper)"]
         rows += [ours, delta]
     arms = [arm for arm in table.get("arms", ())
             if ((summary["dataset"] == dataset) & (summary["variant"] == arm["ours"]["variant"])).any()]
@@ -125,7 +136,69 @@ def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict
                 cells.append(Cell("n/a") if got is None else _our_cell(*got))
         labels.append(f"{arm['method']} (ours; not in the paper)")
         rows.append(cells)
+    controls = [c for c in table.get("controls", ()) if _ran(summary, dataset, c["ours"])]
+    if controls:
+        rules.append(len(rows))
+    for control in controls:  # e.g. the spatio-temporal term alone: no paper value, no difference row
+        spec = control["ours"]
+        cells = []
+        for protocol in spec["protocols"]:
+            for column in columns:
+                got = _ours(summary, dataset, spec["variant"], spec["descriptor"], protocol, column)
+                cells.append(Cell("n/a") if got is None else _our_cell(*got))
+        labels.append(f"{control['method']} (ours, control)")
+        rows.append(cells)
     return labels, rows, rules
+
+
+def _ran(summary: pd.DataFrame, dataset: str, spec: dict) -> bool:
+    return bool(((summary["dataset"] == dataset) & (summary["variant"] == spec["variant"])
+                 & (summary["descriptor"] == spec["descriptor"]) & summary["protocol"].isin(spec["protocols"])).any())
+
+
+def _str_info(summary: pd.DataFrame, dataset: str, spec: dict, protocol: str | None) -> dict[str, Any] | None:
+    """A re-ranked (``veri-str``) row's λ as the summary records it: each seed's fold λs, the number of seeds with a
+    fold at a grid edge and how λ was chosen; None for another protocol or without these columns."""
+    if protocol is None or "str_lambdas" not in summary:
+        return None
+    parsed = parse(protocol)
+    if not (parsed.reranked and parsed.appearance):
+        return None
+    match = summary[(summary["dataset"] == dataset) & (summary["variant"] == spec["variant"])
+                    & (summary["descriptor"] == spec["descriptor"]) & (summary["protocol"] == protocol)]
+    if match.empty or pd.isna(match.iloc[0]["str_lambdas"]):
+        return None
+    row = match.iloc[0]
+    edge_seeds = row.get("str_edge_seeds")
+    tuning = row.get("str_tuning")
+    return {"lambdas": str(row["str_lambdas"]), "edge_seeds": 0 if pd.isna(edge_seeds) else int(edge_seeds),
+            "tuning": None if tuning is None or pd.isna(tuning) else str(tuning)}
+
+
+def _veri_notes(table: dict, context: dict[str, Any], summary: pd.DataFrame) -> list[str]:
+    """A VeRi caption's training set, and each re-ranked row's λ and how it was chosen."""
+    dataset, notes = context["dataset"], []
+    held = context.get("holdout_vehicles") or 0
+    notes.append("every row trains on all training vehicles" if not held else
+                 f"every row trains on all training vehicles but {held} held out of training")
+    edge = False
+    for row in table["rows"]:
+        spec = row.get("ours") or {}
+        for protocol in spec.get("protocols", ()):
+            info = _str_info(summary, dataset, spec, protocol)
+            if info is None:
+                continue
+            how = (f"cross-fitted on the test vehicles: {info['tuning']}; each fold's queries ranked with the λ of "
+                   "best mAP on the other folds' queries (full gallery), never with a λ tuned on their own labels"
+                   if info["tuning"] and "fold" in info["tuning"] else info["tuning"] or "as recorded")
+            notes.append(f"{row['method']}: λ per fold across seeds: {info['lambdas']} (seeds in order; λ {how})")
+            edge |= info["edge_seeds"] > 0
+    if any(_ran(summary, dataset, c["ours"]) for c in table.get("controls", ())):
+        notes.append("'control' rows rank by the spatio-temporal term alone, without appearance (it reads no "
+                     "features: the same in every run; ties ranked pessimistically)")
+    if edge:
+        notes.append(EDGE_NOTE)
+    return notes
 
 
 def _our_cell(mean: float, std: float, seeds: int, flagged: int) -> Cell:
@@ -137,7 +210,8 @@ def _latex_escape(text: str) -> str:
     text = text.replace("\\", "\\textbackslash{}")
     for char in "&%$#_{}":
         text = text.replace(char, "\\" + char)
-    return text.replace("±", "$\\pm$").replace("−", "$-$").replace("~", "\\textasciitilde{}")
+    text = text.replace("±", "$\\pm$").replace("−", "$-$").replace("~", "\\textasciitilde{}")
+    return text.replace("λ", "$\\lambda$").replace("‡", "\\ddag{}").replace("–", "--")
 
 
 def to_latex(table: dict, labels: list[str], rows: list[list[Cell]], rules: list[int], caption: str,
@@ -203,7 +277,9 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd
                          "each the same quarter of the test vehicles)")
     else:
         parts.append("1 query per (vehicle, camera) against the test set, same-vehicle-same-camera images removed")
-    parts.append(f"distance: {_recorded(summary, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
+        parts += _veri_notes(table, context, summary)
+    visual = summary[summary["descriptor"] != "none"] if "descriptor" in summary else summary  # not the ST control
+    parts.append(f"distance: {_recorded(visual, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
     if any(((summary["dataset"] == dataset) & (summary["variant"] == arm["ours"]["variant"])).any()
            for arm in table.get("arms", ())):
         parts.append("rows marked 'not in the paper' are our ablation arms, each one factor away from a paper row "

@@ -159,3 +159,52 @@ def test_ablation_arms_are_rows_of_ours_only_where_they_ran():
     # the VeRi table is untouched by a VehicleID-only arm
     labels, _, _ = build_rows(paper["tables"]["table3"], both, "veri-x")
     assert not any("not in the paper" in label for label in labels)
+
+
+def test_table1_shows_the_str_lambda_its_edge_and_the_spatio_temporal_control():
+    """The STR row states each seed's fold λs and how they were chosen, is marked ‡ when a fold's λ sits at a grid
+    edge, and the spatio-temporal-only control is a row of ours (no paper value); every row trains on all training
+    vehicles."""
+    table = load_paper()["tables"]["table1"]
+    base = full_summary()
+    str_row = (base["protocol"] == "veri-str") & (base["variant"] == "agnet_asl") & (base["descriptor"] == "All")
+    tuning = "2 folds of the test vehicles (seed 0), grid 0–1 (8 values), doubled upwards up to 8 times while its largest wins"
+    marked = base.assign(str_lambdas=None, str_edge_seeds=None, str_tuning=None)
+    marked.loc[str_row, ["str_lambdas", "str_edge_seeds", "str_tuning"]] = ["0.3/0.5; 0.5/2", 1, tuning]
+    control = summary([("veri-x", variant, "none", "veri-st", 0.2, 0.0) for variant in ("agnet_ce", "agnet_asl")])
+    control["distance"] = "none (spatio-temporal term only)"
+    data = pd.concat([marked, control], ignore_index=True)
+    labels, rows, rules = build_rows(table, data, "veri-x")
+    assert "AGNet-ASL+STR (ours) ‡" in labels and "AGNet-ASL (ours)" in labels  # only the edge row is marked
+    assert labels[-1] == "Spatio-temporal only (ours, control)" and [c.text for c in rows[-1]] == ["20.00 ± 0.00"] * 3
+    assert rules[-1] == len(rows) - 1  # a rule above the control, and no difference row
+    text = caption_for("table1", table, CONTEXTS["veri"], data)
+    assert "every row trains on all training vehicles" in text
+    assert "AGNet-ASL+STR: λ per fold across seeds: 0.3/0.5; 0.5/2" in text and tuning in text
+    assert "‡ a fold's λ is at the edge of the searched grid" in text and "spatio-temporal term alone" in text
+    assert "distance: cosine;" in text  # the control's "none" is not a distance of the table
+    # no edge, no mark; a dataset holding vehicles out says so
+    calm = data.assign(str_edge_seeds=data["str_edge_seeds"].where(~str_row.reindex(data.index, fill_value=False), 0))
+    labels, _, _ = build_rows(table, calm, "veri-x")
+    assert "AGNet-ASL+STR (ours)" in labels and "‡" not in caption_for("table1", table, CONTEXTS["veri"], calm)
+    held = caption_for("table1", table, {**CONTEXTS["veri"], "holdout_vehicles": 50}, calm)
+    assert "all training vehicles but 50 held out of training" in held
+    # without the control's rows (STR disabled) there is no control row
+    assert not any("control" in label for label in build_rows(table, marked, "veri-x")[0])
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installation")
+def test_table1_with_lambda_and_edge_compiles(tmp_path):
+    base = full_summary()
+    str_row = (base["protocol"] == "veri-str") & (base["variant"] == "agnet_asl") & (base["descriptor"] == "All")
+    base = base.assign(str_lambdas=None, str_edge_seeds=None, str_tuning=None)
+    base.loc[str_row, ["str_lambdas", "str_edge_seeds", "str_tuning"]] = ["0.3/0.5", 1, "2 folds, grid 0–1"]
+    control = summary([("veri-x", "agnet_asl", "none", "veri-st", 0.2, 0.0)])
+    write_tables(pd.concat([base, control], ignore_index=True), CONTEXTS, tmp_path)
+    assert "\\ddag{}" in (tmp_path / "table1.tex").read_text() and "$\\lambda$" in (tmp_path / "table1.tex").read_text()
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[T1]{fontenc}"
+                                      "\\usepackage[utf8]{inputenc}\\begin{document}\n\\input{table1.tex}\n"
+                                      "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], check=False, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]

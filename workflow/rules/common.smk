@@ -201,6 +201,12 @@ FIGURE_RUNS = {
 }
 
 
+def sensitivity_metrics():
+    """The metrics files of the datasets the report shows (the sensitivity report's alpha sweeps and All rows)."""
+    shown = tuple(f"results/runs/{ds}/" for ds in FIRST.values() if ds)
+    return [m for m in metrics_targets() if REPORT and m.startswith(shown)]
+
+
 def figure_files(family, ext):
     """The files of one figure family, e.g. `figure_files("cmc", "png")`."""
     return expand(
@@ -271,6 +277,8 @@ def all_targets():
         + (
             [
                 "results/claims.md",
+                *expand("results/tables/sensitivity.{ext}", ext=("tex", "md")),
+                *expand("results/figures/alpha_sensitivity.{ext}", ext=("png", "pdf")),
                 *expand(
                     "results/tables/table{n}.{ext}", n=range(1, 5), ext=("tex", "md")
                 ),

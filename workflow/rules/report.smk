@@ -8,6 +8,7 @@ localrules:
     figures_cmc,
     figures_illustrations,
     figures_training,
+    sensitivity,
 
 
 rule tables:
@@ -132,3 +133,37 @@ rule figures_training:
     shell:
         "python -m agnet report figures --settings {input.settings:q} --settings-sha256 {params.settings_sha256} {params.inputs}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
+
+
+# Not in the paper: Eq. 5's alpha swept and cross-fitted over test vehicles (every evaluate job scores it), and the
+# ALS constants' variants against AGNet-ASL (agnet.report.sensitivity).
+rule sensitivity:
+    input:
+        metrics=sensitivity_metrics(),
+        settings=settings_file("report", "sensitivity"),
+    output:
+        md=report(
+            "results/tables/sensitivity.md",
+            caption="../report/sensitivity.rst",
+            category="Sensitivity",
+        ),
+        tex="results/tables/sensitivity.tex",
+        png=report(
+            "results/figures/alpha_sensitivity.png",
+            caption="../report/sensitivity.rst",
+            category="Sensitivity",
+        ),
+        pdf="results/figures/alpha_sensitivity.pdf",
+    log:
+        "results/logs/report/sensitivity.log",
+    benchmark:
+        "results/benchmarks/report/sensitivity.tsv"
+    conda:
+        "../../environment.yml"
+    params:
+        settings_sha256=settings_digest("report", "sensitivity"),
+        tables=lambda wc, output: str(Path(output.md).parent),
+        figures=lambda wc, output: str(Path(output.png).parent),
+    shell:
+        "python -m agnet report sensitivity --settings {input.settings:q} --settings-sha256 {params.settings_sha256}"
+        " --metrics {input.metrics:q} --tables {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
