@@ -140,6 +140,7 @@ def alpha_table(points: pd.DataFrame, dataset: str, protocol: str, variants: lis
     from agnet.report.figures import variant_label
 
     part = points[(points["dataset"] == dataset) & (points["protocol"] == protocol)]
+    variants = [v for v in variants if (part["variant"] == v).any()]  # a variant not run here has no column
     headers = ["α"] + [f"{variant_label(v)} (n={part.loc[part['variant'] == v, 'seed'].nunique()})" for v in variants]
     rows = []
     for alpha in sorted(part["alpha"].unique()):
