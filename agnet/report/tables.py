@@ -134,7 +134,7 @@ def build_rows(table: dict, summary: pd.DataFrame, dataset: str, stand_ins: dict
             for column in columns:
                 got = _ours(summary, dataset, spec["variant"], spec["descriptor"], protocol, column)
                 cells.append(Cell("n/a") if got is None else _our_cell(*got))
-        labels.append(f"{arm['method']} (ours; not in the paper)")
+        labels.append(arm.get("label") or f"{arm['method']} (ours; not in the paper)")
         rows.append(cells)
     controls = [c for c in table.get("controls", ()) if _ran(summary, dataset, c["ours"])]
     if controls:
@@ -282,8 +282,9 @@ def caption_for(table_id: str, table: dict, context: dict[str, Any], summary: pd
     parts.append(f"distance: {_recorded(visual, dataset, 'distance')}; mAP: non-interpolated (open re-ID toolboxes)")
     if any(((summary["dataset"] == dataset) & (summary["variant"] == arm["ours"]["variant"])).any()
            for arm in table.get("arms", ())):
-        parts.append("rows marked 'not in the paper' are our ablation arms, each one factor away from a paper row "
-                     "(docs/paper-mapping.md, \"What each contrast isolates\")")
+        parts.append(table.get("arms_note") or ("rows marked 'not in the paper' are our ablation arms, each one factor "
+                                                "away from a paper row (docs/paper-mapping.md, \"What each contrast "
+                                                "isolates\")"))
     if "flagged_seeds" in summary and summary.loc[summary["dataset"] == dataset, "flagged_seeds"].fillna(0).any():
         parts.append(FLAG_NOTE)
     return "; ".join(parts) + "."
@@ -296,7 +297,7 @@ def source_line(source: dict[str, str] | None) -> str:
 
 def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out_dir: str | Path,
                  paper: dict | None = None, source: dict[str, str] | None = None) -> list[Path]:
-    """Write table{1..4}.{tex,md}; ``datasets`` maps a format (veri/vehicleid) to its context dict.
+    """Write table{1..5}.{tex,md} (Table V: :mod:`agnet.report.baselines`); ``datasets`` maps a format (veri/vehicleid) to its context dict.
 
     ``source`` (``{"path", "sha256"}`` of the summary read) is recorded in every file: a LaTeX comment and a
     markdown line, so a table can always be traced to, and checked against, the numbers it shows.
@@ -318,5 +319,7 @@ def write_tables(summary: pd.DataFrame, datasets: dict[str, dict[str, Any]], out
             path = out_dir / f"{table_id}.{suffix}"
             write_text(path, text)
             written.append(path)
-    return written
+    from agnet.report.baselines import write_table5  # Table V reads this module's rows and captions
+
+    return written + write_table5(summary, datasets, out_dir, paper=paper, source=source)
 
