@@ -113,7 +113,7 @@ def test_literature_rows_are_copied_exactly_and_ours_follow_with_the_gap():
 
 def test_tables_are_written_as_latex_and_markdown_with_a_synthetic_warning(tmp_path):
     written = write_tables(full_summary(), CONTEXTS, tmp_path)
-    assert sorted(p.name for p in written) == sorted(f"table{n}.{e}" for n in range(1, 5) for e in ("tex", "md"))
+    assert sorted(p.name for p in written) == sorted(f"table{n}.{e}" for n in range(1, 6) for e in ("tex", "md"))
     tex = (tmp_path / "table2.tex").read_text()
     assert "\\toprule" in tex and "\\multicolumn{3}{c}{Test size = 800}" in tex and "SYNTHETIC TWIN" in tex
     assert "$\\pm$" in tex and "\\textbf{74.05}" in tex
@@ -124,7 +124,7 @@ def test_tables_are_written_as_latex_and_markdown_with_a_synthetic_warning(tmp_p
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installation")
 def test_latex_compiles(tmp_path):
     write_tables(full_summary(), CONTEXTS, tmp_path)
-    body = "".join(f"\\input{{table{n}.tex}}\n" for n in range(1, 5))
+    body = "".join(f"\\input{{table{n}.tex}}\n" for n in range(1, 6))
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[T1]{fontenc}"
                                       "\\usepackage[utf8]{inputenc}\\begin{document}\n" + body + "\\end{document}\n")
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], check=False, cwd=tmp_path,
@@ -135,7 +135,7 @@ def test_latex_compiles(tmp_path):
 def test_tables_carry_the_hash_of_the_summary_they_show(tmp_path):
     source = {"path": "results/metrics/summary.csv", "sha256": "ab" * 32}
     write_tables(full_summary(), CONTEXTS, tmp_path, source=source)
-    for n in range(1, 5):
+    for n in range(1, 6):
         assert f"Computed from results/metrics/summary.csv (sha256 {'ab' * 32})." in (tmp_path / f"table{n}.md").read_text()
         assert (tmp_path / f"table{n}.tex").read_text().rstrip().endswith(f"(sha256 {'ab' * 32}).")
 
