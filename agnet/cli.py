@@ -660,9 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--out", type=_output_dir, required=True)
     aggregate.set_defaults(func=_cmd_aggregate)
 
-    report = groups.add_parser("report", help="Tables I-IV and the claims check")
+    report = groups.add_parser("report", help="Tables I-V and the claims check")
     report_cmds = report.add_subparsers(dest="command", required=True)
-    tables = report_cmds.add_parser("tables", help="table{1..4}.{tex,md}: the paper's rows and ours")
+    tables = report_cmds.add_parser("tables", help="table{1..5}.{tex,md}: the paper's rows and ours (Table V: the baselines)")
     _add_config(tables, "report")
     tables.add_argument("--summary", type=Path, required=True, help="results/metrics/summary.csv")
     tables.add_argument("--out", type=Path, required=True)
