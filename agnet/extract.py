@@ -3,7 +3,8 @@
 ``features.pt`` (a ``torch.save`` dict, loadable with ``weights_only=True``) holds
 
 * ``paths``: image paths (manifest keys), each image decoded once;
-* ``Attr`` (N, D), ``ID`` (N, D): the two branch descriptors, stored as float16 unit vectors plus float32 norms
+* ``Attr`` (N, D), ``ID`` (N, D): the two branch descriptors (a model without the attribute branch, BoT's
+  ``architecture: bot``, writes ``ID`` alone: no Attr is made up, and no All can be built), stored as float16 unit vectors plus float32 norms
   (``<name>_norm``, (N, 1)) — compact, and safe from float16 overflow; :func:`load_features` gives each as a
   :class:`Descriptor` whose rows come back as float32, and, given the evaluation's α, the paper's fused
   descriptor ``All = [Attr, (1 − α)·ID]`` (Eq. 5) built from them row by row (:class:`FusedDescriptor`) — so α
@@ -37,17 +38,18 @@ from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
 from agnet.fileio import atomic_path, sha256_file
 from agnet.images import load_tensor
-from agnet.model import AGNet, branch_descriptors, build_trunk
+from agnet.model import branch_descriptors, build_model
 from agnet.protocols import check_for_format, evaluated_images, list_protocols
 from agnet.train.settings import TrainSettings, from_dict
 
 STORED = ("Attr", "ID")  # the descriptors a features file holds; All is fused from them at evaluation
+REQUIRED = ("ID",)  # every model has the ID descriptor; Attr only a model with the attribute branch
 
 log = logging.getLogger(__name__)
 
 
-def load_trained(model_path: str | Path) -> tuple[AGNet, TrainSettings, dict[str, Any]]:
-    """Rebuild a trained AGNet from ``model.pt`` (strict: every weight must match)."""
+def load_trained(model_path: str | Path) -> tuple[torch.nn.Module, TrainSettings, dict[str, Any]]:
+    """Rebuild a trained model (AGNet, or BoT) from ``model.pt`` (strict: every weight must match)."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise AgnetError(f"{model_path}: model file not found (train the run first with `agnet train`)")
@@ -66,8 +68,7 @@ def load_trained(model_path: str | Path) -> tuple[AGNet, TrainSettings, dict[str
         weights = state["model"]
     except Exception as error:  # noqa: BLE001 - incomplete: the same to the user
         raise AgnetError(f"{model_path}: not a model written by `agnet train` (missing {error})") from None
-    model = AGNet(build_trunk(settings.backbone), record["num_classes"], len(record["color_names"]),
-                  len(record["type_names"]), settings.embedding_dim)
+    model = build_model(settings, record["num_classes"], len(record["color_names"]), len(record["type_names"]))
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as error:
@@ -197,13 +198,16 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     return provenance
 
 
-def load_features(path: str | Path, alpha: float | None = None) -> dict[str, Any]:
+def load_features(path: str | Path, alpha: float | None = None,
+                  descriptors: Sequence[str] | None = None) -> dict[str, Any]:
     """Read a ``features.pt`` written by :func:`extract`; each descriptor comes back as a :class:`Descriptor`
     ((N, dim); indexing it gives float32 rows, ``.float()`` the whole matrix). With ``alpha`` (Eq. 5, in [0, 1])
     the result also holds ``All``, a :class:`FusedDescriptor` of Attr and ID.
 
     The structure is checked: every descriptor has one row per path, paths are unique, the provenance is
-    present. Anything else is an :class:`AgnetError` naming the file."""
+    present. A file without Attr (a model without the attribute branch, e.g. ``architecture: bot``) loads when
+    neither ``alpha`` (All) nor ``descriptors`` asks for Attr or All. Anything else is an :class:`AgnetError`
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise AgnetError(f"{path}: features file not found (run `agnet extract` first)")
@@ -220,8 +224,13 @@ def load_features(path: str | Path, alpha: float | None = None) -> dict[str, Any
     if len(set(paths)) != len(paths):
         raise AgnetError(f"{path}: malformed features file ({len(paths) - len(set(paths))} duplicate path(s))")
     stored.pop("All", None), stored.pop("All_norm", None)  # an older file's fixed-alpha All: rebuilt below
+    missing = _missing_descriptors(stored, path, alpha, descriptors)
+    if missing:
+        raise AgnetError(missing)
     for name in STORED:
         values = stored.get(name)
+        if name not in REQUIRED and name not in stored and f"{name}_norm" not in stored:
+            continue  # a model without that branch
         if not torch.is_tensor(values) or values.dim() != 2:
             raise AgnetError(f"{path}: malformed features file (descriptor {name} missing or not a matrix)")
         if values.shape[0] != len(paths):
@@ -236,6 +245,21 @@ def load_features(path: str | Path, alpha: float | None = None) -> dict[str, Any
             raise AgnetError(f"the All descriptor's alpha must be in [0, 1], got {alpha}")
         stored["All"] = FusedDescriptor(stored["Attr"], stored["ID"], alpha)
     return stored
+
+
+def _missing_descriptors(stored: dict[str, Any], path: Path, alpha: float | None,
+                         descriptors: Sequence[str] | None) -> str | None:
+    """The error for descriptors asked of a file that has not got them (All needs Attr and ID), else None."""
+    asked = list(descriptors or []) + (["All"] if alpha is not None else [])
+    held = [name for name in STORED if name in stored]
+    needs = {"Attr": ["Attr"], "ID": ["ID"], "All": ["Attr", "ID"]}
+    lacking = sorted({name for name in asked for part in needs.get(name, [name]) if part not in held})
+    if not lacking or not all(name in held for name in REQUIRED):
+        return None  # nothing missing, or a malformed file: the structural check below names it
+    variant = (stored.get("provenance") or {}).get("variant")
+    return (f"{path}: the {' and '.join(lacking)} descriptor(s) cannot be scored: the file holds "
+            f"{', '.join(held)} only (variant {variant!r} has no attribute branch, so no Attr and no All = "
+            "[Attr, (1 - alpha) ID]); evaluate its runs with descriptors [ID] (agnet.settings.variant_descriptors)")
 
 
 class Descriptor:

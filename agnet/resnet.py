@@ -130,3 +130,22 @@ def resnet(name: str) -> ResNet:
     """torchvision's ``models.<name>(weights=None)``: same modules, same initialisation, same RNG draws."""
     block, layers = ARCHITECTURES[name]
     return ResNet(block, layers)
+
+
+def set_last_stride(net: nn.Module, stride: int) -> nn.Module:
+    """Set the stride of ``net.layer4``'s first block (its strided 3 × 3 convolution and its 1 × 1 projection
+    shortcut) to ``stride`` in place; returns ``net``.
+
+    ``stride=1`` is BoT's "last stride" trick (Luo et al. 2019): layer4 keeps layer3's resolution, so a ResNet-50 at
+    256 × 256 gives a 16 × 16 map instead of 8 × 8. Only strides change: the weights (and so an ImageNet file)
+    are the same, and with ``stride=2`` the network is untouched.
+    """
+    if stride not in (1, 2):
+        raise ValueError(f"last stride must be 1 or 2, got {stride}")
+    block = net.layer4[0]
+    strided = block.conv2 if isinstance(block, Bottleneck) else block.conv1
+    strided.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+    block.stride = stride
+    return net

@@ -201,7 +201,7 @@ def canonical_training(record: dict[str, Any]) -> dict[str, Any]:
     weights = {k: float(v) for k, v in record["loss_weights"].items()}
     record["loss_weights"] = weights
     for key in _FLOAT_KEYS:
-        record[key] = float(record[key])
+        record[key] = None if record[key] is None else float(record[key])
     if not (resolved.verification_loss == "als" and weights["verify"] > 0):
         record["als"] = None
     else:  # the default written out: `pairs: attributes` given or not is the same recipe
@@ -210,7 +210,51 @@ def canonical_training(record: dict[str, Any]) -> dict[str, Any]:
     if weights["verify"] == 0:
         record["verification_loss"] = None
     record["hard_negative_fraction"] = float(resolved.effective_hard_negative_fraction)
+    return _canonical_tricks(record, resolved)
+
+
+# BoT's settings (issue 25) at their "off" value: left out of a canonical record, so a recipe that does not use
+# them has the document it had before they existed (no result is marked stale by their arrival).
+_TRICKS_OFF = {"architecture": "agnet", "last_stride": 2, "bnneck": False, "id_label_smoothing": 0.0,
+               "triplet": None, "warmup_epochs": 0, "warmup_factor": 0.1, "random_erasing": 0.0, "sampler": "pairs",
+               "instances_per_identity": 4, "optimizer": "sgd"}
+
+
+def _canonical_tricks(record: dict[str, Any], resolved: TrainSettings) -> dict[str, Any]:
+    """The BoT part of :func:`canonical_training`: settings that are not read made explicit (the triplet margin
+    without the triplet, the warm-up factor without warm-up, K without the pk sampler, the momentum of Adam, the
+    pair settings of a pk batch without a verification term), numbers as floats, and every setting at its "off"
+    value left out."""
+    record["id_label_smoothing"] = float(record.get("id_label_smoothing", 0.0))
+    record["random_erasing"] = float(record.get("random_erasing", 0.0))
+    record["warmup_factor"] = float(record.get("warmup_factor", 0.1))
+    record["triplet"] = ({k: float(v) for k, v in resolved.triplet.items()} if resolved.uses_triplet else None)
+    if not resolved.warmup_epochs:
+        record["warmup_factor"] = 0.1
+    if resolved.sampler == "pk":
+        record["positive_fraction"] = None  # a P x K batch pairs every image with one positive and one negative
+        if record["verification_loss"] is None:
+            record["hard_negative_fraction"] = 0.0  # its pairs are not read
+    else:
+        record["instances_per_identity"] = 4
+    if resolved.optimizer == "adam":
+        record["momentum"] = None
+    if resolved.architecture == "bot":
+        record["embedding_dim"] = None  # no Linear embedding: the descriptor has the trunk's C channels
+    for key, off in _TRICKS_OFF.items():
+        if key in record and record[key] == off and type(record[key]) is type(off):
+            del record[key]
     return record
+
+
+def variant_descriptors(config: dict[str, Any], variant: str) -> list[str]:
+    """The evaluation's descriptors (``evaluation.descriptors``, in order) that ``variant``'s model provides: all of
+    them for AGNet; ``ID`` alone for ``architecture: bot`` (no attribute branch: no Attr, so no All). The
+    ``descriptors`` argument of :func:`evaluation_settings` for that variant's runs."""
+    from agnet.model import ARCHITECTURE_DESCRIPTORS
+
+    provided = ARCHITECTURE_DESCRIPTORS[resolve_settings(config, variant).architecture]
+    return [name for name in config["evaluation"]["descriptors"] if name in provided]
 
 
 def training_document(config: dict[str, Any], variant: str) -> dict[str, Any]:

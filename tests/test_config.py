@@ -41,7 +41,7 @@ def test_shipped_configs_are_valid(config):
         (lambda c: c["datasets"]["veri-synth"]["source"].pop("vehicles"), r"datasets\.veri-synth\.source: 'vehicles' is a required property"),
         (lambda c: c.update(run=["veri", "nope"]), r"run: 'nope' not defined under 'datasets'"),
         (lambda c: c.update(train_variants=["agnet_asl", "agnet_als"]),
-         r"^config.yaml: train_variants: 'agnet_als' not defined under 'variants' \(defined: agnet_asl, agnet_asl_shuffled, agnet_ce, agnet_ce_uniform, only_id\)$"),
+         r"^config.yaml: train_variants: 'agnet_als' not defined under 'variants' \(defined: agnet_asl, agnet_asl_shuffled, agnet_ce, agnet_ce_uniform, bot, bot_als, bot_attr, only_id\)$"),
         (lambda c: c["training"].update(lr="fast"), r"^config.yaml: training\.lr: expected a number, got the string 'fast'$"),
         (lambda c: c["training"].update(lr="1e-3x"), r"training\.lr: expected a number, got the string '1e-3x'"),
         (lambda c: c["datasets"]["veri"].update(source={"kind": "url", "location": "https://x/VeRi.zip"}),

@@ -39,6 +39,9 @@ Sampling rules (documented choices):
 * A variant that may not use attributes (Only-ID) builds its :class:`TrainSet` without them
   (every image unlabelled), so it gets no hard negatives and no ``hard`` flags: its negatives are
   uniform over the other vehicles' images, whatever the colour/type columns hold.
+
+BoT's P × K batches (``sampler: pk``, :class:`PKSampler`; issue 25) and random erasing (:func:`erase_decision`,
+a pure function of ``(seed, epoch, step, slot)`` like the flip) keep the same determinism contract.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ _PLAN_TAG = 0x504C414E  # "PLAN": separates the plan stream from the augmentatio
 _SHUFFLE_TAG = 0x53485546  # "SHUF": the permutation of vehicles whose attributes shuffled hard flags compare
 HARD_FLAGS = ("attributes", "shuffled")
 _AUGMENT_TAG = 0x41554745  # "AUGE"
+_ERASE_TAG = 0x45524153  # "ERAS": random erasing's stream
+_PK_TAG = 0x504B504B  # "PKPK": the P x K plan's stream
 _CACHE_VERSION = 1
 
 
@@ -155,6 +160,10 @@ class Batch:
     indices: np.ndarray  # int64 (2P,)
     same: np.ndarray  # bool (P,): pair shows the same vehicle
     hard: np.ndarray  # bool (P,): different vehicles sharing colour and type (both labelled)
+    # P x K batches (PKSampler): per slot, the slot of its positive and of its negative partner (int64 (B,)) and
+    # whether the negative pair is hard (bool (B,)); None for the anchor + partner layout
+    partners: np.ndarray | None = None  # int64 (B, 2)
+    negative_hard: np.ndarray | None = None  # bool (B,)
 
     @property
     def pairs(self) -> int:
@@ -330,6 +339,137 @@ class PairSampler:
         yield from self.plan(epoch)[start_step:]
 
 
+class PKSampler(PairSampler):
+    """BoT's P × K batches (Luo et al. 2019; Hermans et al. 2017): P identities, K images each, B = P·K.
+
+    Plan of an epoch (a pure function of the training set, B, K, the hard fraction, seed and epoch, like
+    :meth:`PairSampler.plan`): a *round* shuffles each identity's images and cuts them into chunks of K (an
+    identity with fewer than K images gives one chunk drawn with replacement; the rest of a shuffled identity that
+    does not fill a chunk is left out of the round), as FastReID's/BoT's ``RandomIdentitySampler``; each batch
+    then takes one chunk from each of P distinct identities drawn uniformly among those with chunks left; when
+    fewer than P have any, a new round starts. An epoch is ``len(train) // B`` batches (about one pass).
+
+    Slots are identity blocks (slot ``p·K + k``). For the verification term (ALS, Eq. 6-7) every slot is paired
+    twice inside its batch (2B pairs, half positive): with a uniformly drawn other slot of its own block, and
+    with a slot of another identity — with probability ``hard_negative_fraction`` one whose image shares colour
+    and type with it (both labelled) when the batch holds one, else uniformly among the other identities' slots.
+    ``hard`` flags a negative pair sharing colour and type (the shuffled attributes with ``hard_flags="shuffled"``).
+    """
+
+    def __init__(self, train: TrainSet, batch_size: int, instances_per_identity: int, hard_negative_fraction: float,
+                 seed: int, hard_flags: str = "attributes"):
+        if hard_flags not in HARD_FLAGS:
+            raise AgnetError(f"hard_flags must be one of {', '.join(HARD_FLAGS)}, got {hard_flags!r}")
+        k = int(instances_per_identity)
+        if k < 2 or batch_size % k or batch_size // k < 2:
+            raise AgnetError(f"batch_size {batch_size} must be P x K with K = instances_per_identity = {k} >= 2 and "
+                             "P >= 2")
+        if not 0.0 <= hard_negative_fraction <= 1.0:
+            raise AgnetError(f"hard_negative_fraction must lie in [0, 1], got {hard_negative_fraction}")
+        self.train = train
+        self.batch_size = int(batch_size)
+        self.instances = k
+        self.identities = self.batch_size // k
+        if train.num_classes < self.identities:
+            raise AgnetError(f"P x K batches need P = {self.identities} training identities, the training set has "
+                             f"{train.num_classes}")
+        self.pairs_per_batch = 2 * self.batch_size
+        self.positive_fraction = 0.5
+        self.hard_negative_fraction = float(hard_negative_fraction)
+        self.seed = int(seed)
+        self.hard_flags = hard_flags
+        if self.steps_per_epoch == 0:
+            raise AgnetError(f"training set of {len(train)} image(s) is too small for one P x K batch")
+        self._index()
+        self._cached = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // self.batch_size
+
+    @property
+    def anchors_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def _round(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """One round's chunks: per identity an int64 (chunks, K) array of image indices."""
+        counts = np.bincount(self.train.class_ids, minlength=self.train.num_classes)
+        starts = np.cumsum(counts) - counts
+        k, chunks = self.instances, []
+        for c in range(self.train.num_classes):
+            images = rng.permutation(self._by_class[starts[c]:starts[c] + counts[c]])
+            if len(images) < k:
+                images = rng.choice(images, k, replace=True)
+            n = len(images) // k
+            chunks.append(images[: n * k].reshape(n, k))
+        return chunks
+
+    def _blocks(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The epoch's batches as int64 (P, K) arrays of image indices (one identity per row)."""
+        batches: list[np.ndarray] = []
+        chunks, used = self._round(rng), np.zeros(self.train.num_classes, dtype=np.int64)
+        left = np.array([len(c) for c in chunks], dtype=np.int64)
+        while len(batches) < self.steps_per_epoch:
+            available = np.flatnonzero(left > 0)
+            if len(available) < self.identities:
+                chunks, used = self._round(rng), np.zeros_like(used)
+                left = np.array([len(c) for c in chunks], dtype=np.int64)
+                continue
+            picked = rng.choice(available, self.identities, replace=False)
+            batches.append(np.stack([chunks[c][used[c]] for c in picked]))
+            used[picked] += 1
+            left[picked] -= 1
+        return batches
+
+    def _pairs(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Partner slots (B, 2) = (positive, negative), and whether each negative pair is hard, for one batch."""
+        b, k = self.batch_size, self.instances
+        slot = np.arange(b)
+        block = slot // k
+        u_pos, u_hard, u_neg = rng.random((3, b))
+        positive = block * k + (slot % k + 1 + _floor_pick(u_pos, np.full(b, k - 1))) % k
+        other = block[:, None] != block[None, :]
+        color, vtype = self.train.color_ids[indices], self.train.type_ids[indices]
+        labelled = (color >= 0) & (vtype >= 0)
+        alike = other & labelled[:, None] & labelled[None, :] & (color[:, None] == color[None, :]) \
+            & (vtype[:, None] == vtype[None, :])
+        use_hard = (u_hard < self.hard_negative_fraction) & alike.any(1)
+        candidates = np.where(use_hard[:, None], alike, other)
+        rank = _floor_pick(u_neg, candidates.sum(1))  # the rank-th candidate of each row
+        negative = (np.cumsum(candidates, axis=1) > rank[:, None]).argmax(1)
+        fc, ft = self._flag_color[indices], self._flag_type[indices]
+        hard = (fc >= 0) & (ft >= 0) & (fc == fc[negative]) & (ft == ft[negative])
+        return np.stack([positive, negative], axis=1).astype(np.int64), hard
+
+    def plan(self, epoch: int) -> list[Batch]:
+        """The P × K batches of ``epoch`` (see the class docstring)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return list(self._cached[1])
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), _PK_TAG]))
+        batches = []
+        for step, blocks in enumerate(self._blocks(rng)):
+            indices = blocks.reshape(-1).astype(np.int64)
+            partners, negative_hard = self._pairs(indices, rng)
+            b = self.batch_size
+            same = np.concatenate([np.ones(b, dtype=bool), np.zeros(b, dtype=bool)])
+            hard = np.concatenate([np.zeros(b, dtype=bool), negative_hard])
+            for array in (indices, partners, negative_hard, same, hard):
+                array.setflags(write=False)
+            batches.append(Batch(step, indices, same, hard, partners, negative_hard))
+        self._cached = (int(epoch), batches)
+        return list(batches)
+
+
+def make_sampler(train: TrainSet, settings: Any, seed: int) -> PairSampler:
+    """The batch plan of ``settings.sampler``: :class:`PairSampler` (``pairs``) or :class:`PKSampler` (``pk``)."""
+    hard_flags = (settings.als or {}).get("pairs", "attributes")
+    if getattr(settings, "sampler", "pairs") == "pk":
+        return PKSampler(train, settings.batch_size, settings.instances_per_identity,
+                         settings.effective_hard_negative_fraction, seed, hard_flags=hard_flags)
+    return PairSampler(train, settings.batch_size, settings.positive_fraction,
+                       settings.effective_hard_negative_fraction, seed, hard_flags=hard_flags)
+
+
 # ---------------------------------------------------------------------------------------------
 # Images
 
@@ -347,18 +487,22 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def normalise_on_device(images: torch.Tensor, flipped: torch.Tensor, channels_last: bool = False,
-                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        dtype: torch.dtype = torch.float32, erase: torch.Tensor | None = None) -> torch.Tensor:
     """The loader's uint8 (B, H, W, 3) batch -> ImageNet-normalised (B, 3, H, W), mirrored where ``flipped``.
 
     Runs where ``images`` already is (the GPU): a quarter of the bytes cross the bus and the host does
     no float work. ``(x / 255 - mean) / std`` in float32 is element-for-element what :func:`to_tensor`
     computes, so a batch is bit-identical to the per-image CPU path. ``channels_last``: the result
-    keeps the NHWC layout the uint8 batch arrives in, otherwise it is made contiguous NCHW.
+    keeps the NHWC layout the uint8 batch arrives in, otherwise it is made contiguous NCHW. ``erase``: int64
+    (B, 4) rectangles ``(top, left, height, width)`` of :func:`erase_decision` (height 0: none), set to the
+    ImageNet mean (0 after normalisation) in the flipped image.
     """
     x = images.permute(0, 3, 1, 2).to(torch.float32)
     x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
     mean, std = _mean_std(x.device)
     x = x.div_(255.0).sub_(mean).div_(std)
+    if erase is not None:
+        x = x.masked_fill(erase_mask(erase, x.shape[2], x.shape[3]), 0.0)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x if dtype == torch.float32 else x.to(dtype)
 
@@ -367,6 +511,40 @@ def flip_decision(seed: int, epoch: int, step: int, slot: int) -> bool:
     """Whether the image at ``slot`` of ``step`` in ``epoch`` is mirrored (p = 0.5)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(step), int(slot), _AUGMENT_TAG]))
     return bool(rng.random() < 0.5)
+
+
+# Random erasing (Zhong et al. 2020, as BoT): area share and aspect ratio of the rectangle, tries per image.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+_ERASE_TRIES = 100
+
+
+def erase_decision(seed: int, epoch: int, step: int, slot: int, p: float, height: int, width: int) -> tuple[int, ...]:
+    """Random erasing of the image at ``slot`` of ``step`` in ``epoch``: ``(top, left, h, w)``, ``(0, 0, 0, 0)``
+    for none. With probability ``p`` a rectangle of area share U(0.02, 0.4) and aspect ratio h/w drawn
+    U(0.3, 3.33) that fits the ``height`` × ``width`` image (up to 100 tries), at a uniform position."""
+    if p <= 0:
+        return (0, 0, 0, 0)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(step), int(slot), _ERASE_TAG]))
+    if rng.random() >= p:
+        return (0, 0, 0, 0)
+    for _ in range(_ERASE_TRIES):
+        area = rng.uniform(*ERASE_AREA) * height * width
+        aspect = rng.uniform(*ERASE_ASPECT)
+        h, w = int(np.rint(np.sqrt(area * aspect))), int(np.rint(np.sqrt(area / aspect)))
+        if 0 < h < height and 0 < w < width:
+            return (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+    return (0, 0, 0, 0)
+
+
+def erase_mask(erase: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 4) rectangles ``(top, left, h, w)`` → bool (B, 1, height, width), True inside each rectangle."""
+    rows = torch.arange(height, device=erase.device)
+    cols = torch.arange(width, device=erase.device)
+    top, left, h, w = (erase[:, i].view(-1, 1) for i in range(4))
+    inside_rows = (rows >= top) & (rows < top + h)  # (B, H)
+    inside_cols = (cols >= left) & (cols < left + w)  # (B, W)
+    return (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
 
 
 _BUILD_CHUNK = 512  # images decoded per write of the decoded cache
@@ -547,6 +725,8 @@ class SampleKey(NamedTuple):
     index: int  # TrainSet position
     same: bool  # flags of the pair the slot belongs to (slot % P)
     hard: bool
+    partners: tuple[int, int] | None = None  # P x K batches: the slots of its positive and negative partner
+    negative_hard: bool = False  # P x K batches: its negative pair shares colour and type
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -558,7 +738,8 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, train: TrainSet, input_size: tuple[int, int], hflip: bool, seed: int,
-                 cache: DecodedCache | None = None):
+                 cache: DecodedCache | None = None, random_erasing: float = 0.0):
+        self.random_erasing = float(random_erasing)
         self.paths = train.paths
         self.class_ids = train.class_ids
         self.color_ids = train.color_ids
@@ -585,7 +766,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         key = SampleKey(*key)
         flip = self.hflip and flip_decision(self.seed, key.epoch, key.step, key.slot)
-        return {
+        sample = {
             "image": self.pixels(key.index),
             "index": key.index,
             "class_id": int(self.class_ids[key.index]),
@@ -598,6 +779,12 @@ class PairDataset(torch.utils.data.Dataset):
             "step": key.step,
             "slot": key.slot,
         }
+        if self.random_erasing > 0:
+            sample["erase"] = erase_decision(self.seed, key.epoch, key.step, key.slot, self.random_erasing,
+                                             *self.input_size)
+        if key.partners is not None:
+            sample["partners"], sample["negative_hard"] = key.partners, key.negative_hard
+        return sample
 
 
 def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -615,7 +802,26 @@ def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "hard": torch.tensor([s["hard"] for s in samples[:pairs]], dtype=torch.bool),
         "epoch": int(samples[0]["epoch"]),
         "step": int(samples[0]["step"]),
-    }
+    } | _extras(samples)
+
+
+def _extras(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch keys of the BoT settings: ``erase`` int64 (B, 4) (random erasing on); for P x K batches the pairs
+    ``pair_left``/``pair_right`` int64 (2B,) (slots: every slot with its positive, then with its negative) and
+    their ``same``/``hard`` bool (2B,)."""
+    extras: dict[str, torch.Tensor] = {}
+    if "erase" in samples[0]:
+        extras["erase"] = torch.tensor([s["erase"] for s in samples], dtype=torch.int64)
+    if "partners" in samples[0]:
+        b = len(samples)
+        partners = torch.tensor([s["partners"] for s in samples], dtype=torch.int64)
+        slots = torch.arange(b, dtype=torch.int64)
+        extras["pair_left"] = torch.cat([slots, slots])
+        extras["pair_right"] = torch.cat([partners[:, 0], partners[:, 1]])
+        extras["same"] = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
+        extras["hard"] = torch.cat([torch.zeros(b, dtype=torch.bool),
+                                    torch.tensor([s["negative_hard"] for s in samples], dtype=torch.bool)])
+    return extras
 
 
 class PlanBatchSampler(torch.utils.data.Sampler):
@@ -641,6 +847,11 @@ class PlanBatchSampler(torch.utils.data.Sampler):
         for epoch in range(self.epoch, self.end_epoch):
             start = self.start_step if epoch == self.epoch else 0
             for batch in self.sampler.batches(epoch, start):
+                if batch.partners is not None:
+                    partners, negative_hard = batch.partners.tolist(), batch.negative_hard.tolist()
+                    yield [SampleKey(epoch, batch.step, slot, int(index), True, False, tuple(partners[slot]),
+                                     negative_hard[slot]) for slot, index in enumerate(batch.indices.tolist())]
+                    continue
                 pairs = batch.pairs
                 same, hard = batch.same.tolist(), batch.hard.tolist()
                 yield [
@@ -680,7 +891,8 @@ def make_loader(
     if sampler.train is not train and sampler.train.fingerprint() != train.fingerprint():
         raise AgnetError("make_loader: the sampler was built on a different training set")
     seed = sampler.seed if seed is None else int(seed)
-    dataset = PairDataset(train, tuple(settings.input_size), settings.hflip, seed, cache)
+    dataset = PairDataset(train, tuple(settings.input_size), settings.hflip, seed, cache,
+                          random_erasing=getattr(settings, "random_erasing", 0.0))
     workers = int(settings.workers if workers is None else workers)
     return torch.utils.data.DataLoader(
         dataset,

@@ -21,7 +21,6 @@ ends with bit-identical weights to an uninterrupted one.
 
 from __future__ import annotations
 
-import bisect
 import csv
 import fcntl
 import hashlib
@@ -47,7 +46,7 @@ from agnet.device import choose_device, precision
 from agnet.errors import AgnetError
 from agnet.fileio import sha256_file, write_text
 from agnet.losses import LossWeights, total_loss
-from agnet.model import AGNet, build_trunk
+from agnet.model import build_model, build_trunk
 from agnet.train.checkpoint import (
     OPERATIONAL,
     check_compatible,
@@ -56,11 +55,13 @@ from agnet.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from agnet.train.data import PairSampler, TrainSet, choose_cache, make_loader, normalise_on_device
+from agnet.train.data import TrainSet, choose_cache, make_loader, make_sampler, normalise_on_device
+from agnet.train.schedule import apply_changed_schedule, make_optimizer, make_scheduler
 from agnet.train.settings import TrainSettings
 from agnet.weights import load_pretrained
 
-LOSS_TERMS = ("total", "category", "color", "type", "verify")
+LOSS_TERMS = ("total", "category", "color", "type", "verify", "triplet")
+_OLD_LOSS_TERMS = 5  # device sums saved before the triplet term existed hold one loss term fewer
 CSV_COLUMNS = ("epoch", "lr", *(f"loss_{t}" for t in LOSS_TERMS), "acc_id", "acc_color", "acc_type", "acc_verify",
                "images", "seconds", "images_per_s", "data_wait_share")
 
@@ -137,8 +138,12 @@ class DeviceSums:
     def add(self, terms: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], batch: dict[str, Any],
             verify_logits: torch.Tensor, global_step: int) -> None:
         values = [terms[t].detach().float() for t in LOSS_TERMS]
-        for logits, target in ((outputs["id_logits"], batch["class_id"]), (outputs["color_logits"], batch["color_id"]),
-                               (outputs["type_logits"], batch["type_id"]), (verify_logits, batch["same"].long())):
+        for logits, target in ((outputs["id_logits"], batch["class_id"]), (outputs.get("color_logits"), batch["color_id"]),
+                               (outputs.get("type_logits"), batch["type_id"]), (verify_logits, batch.get("same"))):
+            if logits is None:  # a model without that head (BoT) or a step without pairs: nothing counted
+                values += [values[0].new_zeros(()), values[0].new_zeros(())]
+                continue
+            target = target.long()
             labelled = target >= 0
             values += [((logits.detach().argmax(1) == target) & labelled).sum().float(), labelled.sum().float()]
         self.sums += torch.stack(values)
@@ -170,6 +175,9 @@ class DeviceSums:
     def load(self, values: list[float] | None) -> None:
         """Restore sums saved in a mid-epoch checkpoint (so a resumed run's log equals an uninterrupted one's)."""
         if values:
+            values = list(values)
+            if len(values) == self.WIDTH - 1:  # saved before the triplet term: it was 0
+                values.insert(_OLD_LOSS_TERMS, 0.0)
             self.sums.copy_(torch.tensor(values, dtype=torch.float32))
 
 
@@ -286,16 +294,16 @@ class _SignalFlag:
             signal.signal(signum, handler)
 
 
-def _apply_changed_schedule(settings: TrainSettings, optimizer, scheduler, epoch: int) -> None:
-    """After ``--allow-changed lr`` (or milestones/gamma): the learning rate of ``epoch`` under the new settings."""
-    milestones = sorted(settings.lr_milestones)
-    lr = settings.lr * settings.lr_gamma ** bisect.bisect_right(milestones, epoch)
-    for group in optimizer.param_groups:
-        group["initial_lr"], group["lr"] = settings.lr, lr
-    scheduler.base_lrs = [settings.lr] * len(optimizer.param_groups)
-    scheduler.milestones = type(scheduler.milestones)(milestones)
-    scheduler.gamma = settings.lr_gamma
-    scheduler._last_lr = [lr] * len(optimizer.param_groups)
+def verification_logits(model, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor | None:
+    """The verification head on the batch's pairs: anchors (first half) with partners (second half), or the
+    ``pair_left``/``pair_right`` slots of a P × K batch; None for a model without the head (BoT)."""
+    if not hasattr(model, "verify"):
+        return None
+    e_id = outputs["e_id"]
+    if "pair_left" in batch:
+        return model.verify(e_id[batch["pair_left"]], e_id[batch["pair_right"]])
+    half = e_id.shape[0] // 2
+    return model.verify(e_id[:half], e_id[half:])
 
 
 def _complete_run(model_path: Path, settings: TrainSettings, seed: int, data_sha256: str,
@@ -355,25 +363,29 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
 
     manifest_sha256 = sha256_file(Path(manifest))
     train_set = TrainSet.from_manifest(frame, meta["root"], attributes=settings.uses_attributes)
-    sampler = PairSampler(train_set, settings.batch_size, settings.positive_fraction,
-                          settings.effective_hard_negative_fraction, seed,
-                          hard_flags=(settings.als or {}).get("pairs", "attributes"))
+    sampler = make_sampler(train_set, settings, seed)
     threads = threads or job_threads()
     workers = min(settings.workers, threads)
     cache, cache_note = choose_cache(settings.decoded_cache, train_set, settings.input_size, cache_dir, threads)
     print(f"agnet train: {cache_note}; {workers} loader worker(s)", file=sys.stderr)
-    trunk = build_trunk(settings.backbone)
+    trunk = build_trunk(settings.backbone, settings.last_stride)
     pretrained = load_pretrained(trunk, settings.pretrained, settings.backbone, Path(weights_cache))
-    model = AGNet(trunk, train_set.num_classes, len(meta["color_names"]), len(meta["type_names"]),
-                  settings.embedding_dim).to(device)
+    model = build_model(settings, train_set.num_classes, len(meta["color_names"]), len(meta["type_names"]),
+                        trunk=trunk).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fused = device.type == "cuda"  # one kernel for the whole update; CPU keeps the reference implementation
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(settings.lr_milestones), settings.lr_gamma)
+    optimizer = make_optimizer(settings, model.parameters(), fused)
+    scheduler = make_scheduler(optimizer, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     weights = LossWeights(**settings.loss_weights)
+    # the verification head runs on every pair batch (as it always has); on P x K batches only where it is weighted
+    verifying = settings.sampler == "pairs" or weights.verify > 0
+    trick_losses = {}  # BoT's loss settings, passed only where on (the AGNet step's call stays as it was)
+    if settings.id_label_smoothing:
+        trick_losses["id_label_smoothing"] = settings.id_label_smoothing
+    if settings.uses_triplet:
+        trick_losses["triplet"] = settings.triplet
     # torch.compile: the checkpoint is always taken from ``model`` (its keys carry no compile prefix).
     forward = torch.compile(model, dynamic=False) if settings.compile else model
 
@@ -394,7 +406,7 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
         device_sums.load(state.get("pending"))
         entry: dict[str, Any] = {"epoch": epoch, "step": step}
         if changed:
-            _apply_changed_schedule(settings, optimizer, scheduler, epoch)
+            apply_changed_schedule(settings, optimizer, scheduler, epoch)
             entry["changed"] = changed
         resumes = list(state.get("resumes", [])) + [entry]
         last_good = {"epoch": epoch, "step": step}
@@ -456,13 +468,14 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
                                mininterval=1.0 if sys.stderr.isatty() else 30.0)
                 assert (batch["epoch"], batch["step"]) == (epoch, step), "loader out of step with the loop"
                 on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-                images = normalise_on_device(on_device["images"], on_device["flipped"], channels_last)
+                images = normalise_on_device(on_device["images"], on_device["flipped"], channels_last,
+                                             erase=on_device.get("erase"))
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = forward(images)
-                    half = images.shape[0] // 2
-                    verify_logits = model.verify(outputs["e_id"][:half], outputs["e_id"][half:])
-                terms = total_loss({k: v.float() for k, v in outputs.items()}, on_device, verify_logits.float(),
-                                   weights, settings.verification_loss, settings.als)
+                    verify_logits = verification_logits(model, outputs, on_device) if verifying else None
+                terms = total_loss({k: v.float() for k, v in outputs.items()}, on_device,
+                                   None if verify_logits is None else verify_logits.float(), weights,
+                                   settings.verification_loss, settings.als, **trick_losses)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(terms["total"]).backward()
                 scaler.step(optimizer)
@@ -520,7 +533,7 @@ def _train_locked(settings: TrainSettings, manifest, out_dir: Path, seed: int, *
                        partial_epoch=stopped_early)
 
 
-def _finish_run(settings: TrainSettings, model: AGNet, out_dir: Path, rows: list[dict[str, Any]],
+def _finish_run(settings: TrainSettings, model: torch.nn.Module, out_dir: Path, rows: list[dict[str, Any]],
                 resumes: list[dict[str, Any]], *, seed, manifest, manifest_sha256, data_sha256, train_set, meta,
                 pretrained, amp_dtype, channels_last, device, workers, cache, fused, steps, total_steps,
                 partial_epoch) -> dict[str, Any]:
@@ -534,7 +547,7 @@ def _finish_run(settings: TrainSettings, model: AGNet, out_dir: Path, rows: list
         "dataset_format": meta["format"], "attributes_used": settings.uses_attributes,
         "hard_negative_fraction_used": settings.effective_hard_negative_fraction, "pretrained": pretrained,
         "precision": str(amp_dtype or "float32"), "channels_last": channels_last, "compiled": settings.compile,
-        "optimizer": "SGD (fused)" if fused else "SGD", "workers_used": workers, "decoded_cache_used": cache is not None,
+        "optimizer": ("Adam" if settings.optimizer == "adam" else "SGD") + (" (fused)" if fused else ""), "workers_used": workers, "decoded_cache_used": cache is not None,
         "environment": _environment(device), "final": rows[-1],
         # a run cut short by max_steps can never pass for a full one
         "steps": steps, "steps_per_epoch": total_steps // settings.epochs, "truncated": truncated,

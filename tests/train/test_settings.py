@@ -64,5 +64,5 @@ def test_a_theta_sweep_is_just_config(config):
 
 
 def test_unknown_variant_lists_the_defined_ones(config):
-    with pytest.raises(ConfigError, match=r"unknown variant 'agnet_x' \(defined: agnet_asl, agnet_asl_shuffled, agnet_ce, agnet_ce_uniform, only_id\)"):
+    with pytest.raises(ConfigError, match=r"unknown variant 'agnet_x' \(defined: agnet_asl, agnet_asl_shuffled, agnet_ce, agnet_ce_uniform, bot, bot_als, bot_attr, only_id\)"):
         resolve_settings(config, "agnet_x")
