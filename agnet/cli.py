@@ -343,6 +343,17 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _descriptors_held(features_path, evaluation: dict) -> list[str] | None:
+    """The configured descriptors a features file can give (All needs Attr): all of them for an AGNet model, ID
+    alone for a model without the attribute branch (bot); None (= the configured list) where the file gives all."""
+    from agnet.extract import stored_descriptors
+
+    held = stored_descriptors(features_path)
+    wanted = list(evaluation["descriptors"])
+    usable = [d for d in wanted if d in held or (d == "All" and {"Attr", "ID"} <= held)]
+    return None if usable == wanted else usable or None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from agnet.data.manifest import read_manifest
     from agnet.evaluate import EvalSettings, evaluate_run
@@ -368,12 +379,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if document is None:
         evaluation = plan.config["evaluation"]
         protocols = list(dict.fromkeys(args.protocol or manifest_protocols(frame, meta, evaluation)))
-        chosen = evaluation_settings(evaluation, protocols, list(dict.fromkeys(args.descriptor or [])) or None)
+        asked = list(dict.fromkeys(args.descriptor or [])) or _descriptors_held(args.features, evaluation)
+        chosen = evaluation_settings(evaluation, protocols, asked)
     else:
         chosen = document["settings"]
     check_for_format(chosen["protocols"], meta["format"], str(args.manifest))
     settings = EvalSettings.from_settings(chosen)
-    features = load_features(args.features, alpha=chosen.get("alpha"))
+    features = load_features(args.features, alpha=chosen.get("alpha"), descriptors=chosen["descriptors"])
     check_features(features, args.features, manifest_path=args.manifest, model_path=args.model)
     if document is not None and features["provenance"].get("dataset") != document["dataset"]:
         raise AgnetError(f"{args.features}: features of dataset {features['provenance'].get('dataset')!r}, but "

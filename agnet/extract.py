@@ -198,6 +198,15 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
     return provenance
 
 
+def stored_descriptors(path: str | Path) -> set[str]:
+    """The branch descriptors (of ``STORED``) a features file holds, read without loading its matrices (mmap)."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any failure means the same to the user
+        raise AgnetError(f"{path}: unreadable features file ({_first_line(error)}); rerun `agnet extract`") from None
+    return {name for name in STORED if isinstance(stored, dict) and name in stored}
+
+
 def load_features(path: str | Path, alpha: float | None = None,
                   descriptors: Sequence[str] | None = None) -> dict[str, Any]:
     """Read a ``features.pt`` written by :func:`extract`; each descriptor comes back as a :class:`Descriptor`

@@ -300,12 +300,29 @@ def evaluation_settings(evaluation: dict[str, Any], protocols: list[str],
     return settings
 
 
-def evaluation_document(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """``evaluate/<dataset>``: :func:`evaluation_settings` of the dataset's protocols."""
+def evaluation_key(config: dict[str, Any], dataset: str, variant: str) -> str:
+    """Name of the evaluate document that scores ``variant``'s runs on ``dataset``: ``<dataset>`` where the variant's
+    model provides every configured descriptor (the AGNet variants), else ``<dataset>.<descriptors>`` (e.g.
+    ``vehicleid.ID`` for ``bot``, which has no attribute branch). Adding such a variant leaves the others' document,
+    and so their evaluations, untouched."""
+    provided = variant_descriptors(config, variant)
+    if provided == list(config["evaluation"]["descriptors"]):
+        return dataset
+    if not provided:
+        raise ConfigError(f"variants.{variant}: its model provides none of evaluation.descriptors "
+                          f"({', '.join(config['evaluation']['descriptors'])}); add ID to evaluate it")
+    return f"{dataset}.{'+'.join(provided)}"
+
+
+def evaluation_document(config: dict[str, Any], dataset: str, descriptors: list[str] | None = None
+                        ) -> dict[str, Any]:
+    """``evaluate/<dataset>``: :func:`evaluation_settings` of the dataset's protocols, for the configured descriptors
+    or ``descriptors`` (a variant's own, :func:`evaluation_key`)."""
     entry = config["datasets"][dataset]
     protocols = dataset_protocols(dataset, entry, config["evaluation"])
-    return _document("evaluate", dataset, evaluation_settings(config["evaluation"], protocols), dataset=dataset,
-                     format=entry["format"])
+    key = dataset if descriptors is None else f"{dataset}.{'+'.join(descriptors)}"
+    return _document("evaluate", key, evaluation_settings(config["evaluation"], protocols, descriptors),
+                     dataset=dataset, format=entry["format"])
 
 
 def report_datasets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -418,6 +435,11 @@ def plan(config: dict[str, Any], source: str = "config") -> Plan:
     for name in config["run"]:
         result.documents[f"extract/{name}"] = extraction_document(config, name)
         result.documents[f"evaluate/{name}"] = evaluation_document(config, name)
+        for variant in trained_on(config, name):  # a variant whose model lacks a configured descriptor (bot)
+            key = evaluation_key(config, name, variant)
+            if key != name and f"evaluate/{key}" not in result.documents:
+                result.documents[f"evaluate/{key}"] = evaluation_document(config, name,
+                                                                          variant_descriptors(config, variant))
     for job in REPORT_JOBS:
         result.documents[f"report/{job}"] = report_document(config, job)
     return result

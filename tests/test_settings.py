@@ -18,6 +18,7 @@ from agnet.settings import (
     OPERATIONAL,
     OPERATIONAL_DEFAULTS,
     check_config,
+    evaluation_key,
     load_plan,
     plan,
     read_document,
@@ -35,43 +36,49 @@ def demo_config(**overrides) -> dict:
 
 
 def changed_documents(overrides: dict) -> set[str]:
+    """Documents rewritten, added or gone (a job reading one of them reruns)."""
     before, after = plan(demo_config()), plan(demo_config(**overrides))
-    assert set(before.documents) == set(after.documents)
-    return {key for key in before.documents if before.text(key) != after.text(key)}
+    common = set(before.documents) & set(after.documents)
+    return {key for key in common if before.text(key) != after.text(key)} | (set(before.documents) ^ set(after.documents))
 
 
 EVALUATE = {"evaluate/veri-synth", "evaluate/vehicleid-synth"}
+# BoT's runs have an ID descriptor alone (no attribute branch): their own evaluate documents, which hold no α
+EVALUATE_ID = {"evaluate/veri-synth.ID", "evaluate/vehicleid-synth.ID"}
 TRAIN = {"train/only_id", "train/agnet_ce", "train/agnet_asl", "train/agnet_ce_uniform", "train/agnet_asl_shuffled"}
+BOT = {"train/bot", "train/bot_attr", "train/bot_als"}  # they set their own input size, lr and schedule
 
 # setting -> the documents (so the jobs) it may change; everything else must stay byte-identical
 DEPENDANTS = [
     ({"evaluation": {"alpha": 0.3}}, EVALUATE | {"report/figures_illustrations", "report/sensitivity"}),
     ({"evaluation": {"alpha_sweep": [0.0, 0.25, 1.0]}}, EVALUATE),  # scored by the evaluate jobs only
-    ({"evaluation": {"distance": "cosine"}}, EVALUATE | {"report/figures_illustrations"}),
-    ({"evaluation": {"max_rank": 20}}, EVALUATE),
-    ({"evaluation": {"trial_seed": 4}}, {"evaluate/vehicleid-synth"}),
-    ({"evaluation": {"vehicleid_trials": 3}}, {"evaluate/vehicleid-synth"}),
-    ({"evaluation": {"str": {"lambdas": [0.0, 0.4]}}}, {"evaluate/veri-synth"}),
-    ({"evaluation": {"str": {"same_camera": "zero"}}}, {"evaluate/veri-synth"}),
-    ({"evaluation": {"str": {"folds": 3}}}, {"evaluate/veri-synth"}),
-    ({"evaluation": {"str": {"fold_seed": 5}}}, {"evaluate/veri-synth"}),
-    ({"evaluation": {"str": {"enabled": False}}}, {"evaluate/veri-synth"}),  # VeRi features cover every image
-    ({"evaluation": {"descriptors": ["ID"]}}, EVALUATE | {"report/sensitivity"}),  # no All: no α to mark
+    ({"evaluation": {"distance": "cosine"}}, EVALUATE | EVALUATE_ID | {"report/figures_illustrations"}),
+    ({"evaluation": {"max_rank": 20}}, EVALUATE | EVALUATE_ID),
+    ({"evaluation": {"trial_seed": 4}}, {"evaluate/vehicleid-synth", "evaluate/vehicleid-synth.ID"}),
+    ({"evaluation": {"vehicleid_trials": 3}}, {"evaluate/vehicleid-synth", "evaluate/vehicleid-synth.ID"}),
+    ({"evaluation": {"str": {"lambdas": [0.0, 0.4]}}}, {"evaluate/veri-synth", "evaluate/veri-synth.ID"}),
+    ({"evaluation": {"str": {"same_camera": "zero"}}}, {"evaluate/veri-synth", "evaluate/veri-synth.ID"}),
+    ({"evaluation": {"str": {"folds": 3}}}, {"evaluate/veri-synth", "evaluate/veri-synth.ID"}),
+    ({"evaluation": {"str": {"fold_seed": 5}}}, {"evaluate/veri-synth", "evaluate/veri-synth.ID"}),
+    ({"evaluation": {"str": {"enabled": False}}}, {"evaluate/veri-synth", "evaluate/veri-synth.ID"}),  # VeRi features cover every image
+    ({"evaluation": {"descriptors": ["ID"]}},  # no All: no α to mark; BoT provides them all now: evaluate/<ds>
+     EVALUATE | EVALUATE_ID | {"report/sensitivity"}),
     ({"evaluation": {"vehicleid_test_sizes": [800]}}, set()),  # a small twin has its own four lists
     ({"training": {"lr": 0.02}}, TRAIN),
     ({"training": {"input_size": [48, 48]}}, TRAIN),
-    ({"training": {"amp": "on"}}, TRAIN),
+    ({"training": {"amp": "on"}}, TRAIN | BOT),
     ({"training": {"als": {"theta": 0.3}}},  # CE: no ALS read; the sensitivity report states AGNet-ASL's constants
-     {"train/agnet_asl", "train/agnet_asl_shuffled", "report/sensitivity"}),
+     {"train/agnet_asl", "train/agnet_asl_shuffled", "train/bot_als", "report/sensitivity"}),
     ({"training": {"als": {"pairs": "attributes"}}}, set()),  # the default, written out: the same recipe
     ({"variants": {"agnet_asl": {"als": {"pairs": "shuffled"}}}}, {"train/agnet_asl"}),
     ({"training": {"hard_negative_fraction": 0.25}},  # Only-ID: no mining; the uniform arm sets its own 0
-     {"train/agnet_ce", "train/agnet_asl", "train/agnet_asl_shuffled"}),
+     {"train/agnet_ce", "train/agnet_asl", "train/agnet_asl_shuffled", "train/bot_als"}),
     ({"variants": {"agnet_ce": {"lr": 0.01}}}, {"train/agnet_ce"}),
     ({"seeds": [0, 1, 2]}, set()),  # more runs, the same settings per run
     # another twin: its lists (extraction, evaluation) and the stand-ins the tables and claims state; figures not
     ({"datasets": {"vehicleid-synth": {"source": {"vehicles": 240}}}},
-     {"extract/vehicleid-synth", "evaluate/vehicleid-synth", "report/tables", "report/claims"}),
+     {"extract/vehicleid-synth", "evaluate/vehicleid-synth", "evaluate/vehicleid-synth.ID", "report/tables",
+      "report/claims"}),
     ({"training": {"lr": 0.05, "loss_weights": {"verify": 1}}}, set()),  # demo's lr written again; 1 == 1.0
     ({"figures": {"seed": 1}}, set()),  # another illustrated run: an input, not a setting
     *[({"training": {key: value}}, set()) for key, value in
@@ -102,6 +109,30 @@ def test_operational_settings_are_split_once_and_reach_the_jobs_as_flags():
     from agnet.train.checkpoint import OPERATIONAL as RESUMABLE
 
     assert RESUMABLE == set(OPERATIONAL["training"])  # a resume may change exactly these
+
+
+def test_a_variant_without_the_attribute_branch_is_evaluated_on_its_own_descriptors():
+    config = demo_config()
+    result = plan(config)
+    assert evaluation_key(config, "veri-synth", "bot") == "veri-synth.ID"
+    assert evaluation_key(config, "veri-synth", "bot_attr") == evaluation_key(config, "veri-synth", "agnet_asl") \
+        == "veri-synth"
+    bot = result.document("evaluate/veri-synth.ID")
+    assert bot["dataset"] == "veri-synth" and bot["settings"]["descriptors"] == ["ID"]
+    assert "alpha" not in bot["settings"] and "alpha_sweep" not in bot["settings"]  # no All: α reruns nothing of BoT
+    same = {k: v for k, v in result.document("evaluate/veri-synth")["settings"].items() if k not in
+            ("descriptors", "alpha", "alpha_sweep")}
+    assert {k: v for k, v in bot["settings"].items() if k != "descriptors"} == same
+    # adding the BoT family leaves the AGNet runs' documents (and so their evaluations) as they were
+    agnet_only = plan(demo_config(train_variants=["only_id", "agnet_ce", "agnet_asl"]))
+    assert "evaluate/veri-synth.ID" not in agnet_only.documents
+    for ds in ("veri-synth", "vehicleid-synth"):
+        assert agnet_only.text(f"evaluate/{ds}") == result.text(f"evaluate/{ds}")
+
+
+def test_a_variant_that_provides_no_configured_descriptor_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"variants\.bot: its model provides none of evaluation\.descriptors"):
+        plan(demo_config(evaluation={"descriptors": ["Attr", "All"]}))
 
 
 def test_documents_hold_what_their_stage_reads():

@@ -6,6 +6,7 @@ and extracts the ID descriptor alone."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from agnet.cli import main
 from agnet.data.manifest import make_manifest
 from agnet.data.synth.veri import synth_veri
 from agnet.errors import AgnetError, ConfigError
@@ -251,7 +253,7 @@ def test_documents_hold_the_tricks_only_where_on_and_descriptors_per_variant():
 # ----------------------------------------------------------------------------------------------- training
 
 
-def test_bot_trains_reads_no_attribute_label_and_extracts_id_alone(manifest, tmp_path):
+def test_bot_trains_reads_no_attribute_label_and_extracts_id_alone(manifest, tmp_path, capsys):
     settings = resolve_settings(tiny_config(), "bot")
     record = train(settings, manifest, tmp_path / "original", seed=1, progress=False)
     assert record["attributes_used"] is False and record["optimizer"] == "Adam"
@@ -272,6 +274,19 @@ def test_bot_trains_reads_no_attribute_label_and_extracts_id_alone(manifest, tmp
         with pytest.raises(AgnetError, match=rf"{features}: the .* descriptor\(s\) cannot be scored: the file holds ID "
                                              r"only \(variant 'bot' has no attribute branch"):
             load_features(features, **asked)
+
+    # `agnet evaluate` from a config scores what the model provides (ID; no All, so no α sweep) and refuses, naming
+    # the features file, a descriptor it was asked for and cannot give
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config()))
+    common = ["evaluate", "--config", str(config_file), "--features", str(features), "--manifest", str(manifest)]
+    assert main([*common, "-o", str(tmp_path / "metrics.json")]) == 0
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert {r["descriptor"] for r in data["records"] if r["descriptor"] != "none"} == {"ID"}
+    assert "alpha_sweep" not in data and "alpha" not in data["evaluation"]
+    assert main([*common, "--descriptor", "All", "-o", str(tmp_path / "all.json")]) == 1
+    assert f"{features}: the All descriptor(s) cannot be scored" in capsys.readouterr().err
+    assert not (tmp_path / "all.json").exists()
 
 
 def test_bot_extraction_descriptor_is_the_bnneck_output_in_eval_mode(manifest, tmp_path):

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 # The agnet imports need the checkout on sys.path (above).
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.fileio import write_text  # noqa: E402
-from agnet.settings import plan as resolve_plan, trained_on  # noqa: E402
+from agnet.settings import evaluation_key, plan as resolve_plan, trained_on  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 # The merged configuration (config files and --config overrides) checked and resolved once, by the function
@@ -103,13 +103,12 @@ def operational_flags(stage):
 
 
 def settings_digest(stage, name=None):
-    """Params function: the SHA-256 of a job's settings document (key stage/name, or stage/{ds} or
-    train/{variant} from the wildcards), so the job reruns whenever its settings change, document file or not.
+    """Params function: the SHA-256 of a job's settings document (key stage/name, or the wildcards' document:
+    job_settings_key), so the job reruns whenever its settings change, document file or not.
     """
 
     def digest(wildcards):
-        key = name or (wildcards.variant if stage == "train" else wildcards.ds)
-        return PLAN.digest(f"{stage}/{key}")
+        return PLAN.digest(f"{stage}/{name or job_settings_key(stage, wildcards)}")
 
     return digest
 
@@ -118,9 +117,19 @@ def train_settings(wildcards):
     return settings_file("train", wildcards.variant)
 
 
+def job_settings_key(stage, wildcards):
+    """The document a job of `stage` reads: train/{variant}; extract/{ds}; evaluate/{ds}, or for a variant whose
+    model lacks a configured descriptor (bot: no Attr, no All) evaluate/{ds}.<its descriptors>."""
+    if stage == "train":
+        return wildcards.variant
+    if stage == "evaluate":
+        return evaluation_key(config, wildcards.ds, wildcards.variant)
+    return wildcards.ds
+
+
 def dataset_settings(stage):
-    """Input function: the {ds} wildcard's settings document of `stage` (extract or evaluate)."""
-    return lambda wildcards: settings_file(stage, wildcards.ds)
+    """Input function: the settings document of a job of `stage` (extract or evaluate)."""
+    return lambda wildcards: settings_file(stage, job_settings_key(stage, wildcards))
 
 
 def weights_input(wildcards):
