@@ -16,7 +16,9 @@ seeds have a fold whose λ is at an edge of its grid). The spatio-temporal contr
 rows have the descriptor ``none``.
 
 The runs of one dataset must have been evaluated with the same settings (the ``evaluation`` section each metrics
-file records): a stale file next to fresh ones is refused, naming both, instead of being averaged with them. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
+file records: the same protocols and scoring for every run, the same α for every run scored with All, the same
+descriptors for every seed of a variant; a model without the attribute branch, bot, is scored on ID alone): a stale
+file next to fresh ones is refused, naming both, instead of being averaged with them. ``cmc.parquet``: the CMC curves in long form (dataset, variant,
 seed, descriptor, protocol, rank, cmc).
 """
 
@@ -179,13 +181,29 @@ def _difference(ours: Any, theirs: Any, where: str = "") -> str:
     return f"{where or 'evaluation'}: {ours!r} vs {theirs!r}"
 
 
+FUSION_KEYS = ("alpha", "alpha_sweep")  # settings of the All descriptor: only in the documents of runs that have it
+
+
+def _settings_parts(evaluation: Any, dataset: str, variant: str) -> list[tuple[tuple, Any]]:
+    """What must agree between the metrics files of a dataset, by scope: the protocols and scoring settings across
+    all its runs; α and its sweep across the runs scored with All; the descriptors across the seeds of a variant (a
+    model without the attribute branch, bot, is scored on ID alone: agnet.settings.evaluation_key)."""
+    if not isinstance(evaluation, dict):
+        return [((dataset,), evaluation)]
+    shared = {k: v for k, v in evaluation.items() if k != "descriptors" and k not in FUSION_KEYS}
+    parts = [((dataset,), shared), ((dataset, variant), {"descriptors": evaluation.get("descriptors")})]
+    if "alpha" in evaluation:
+        parts.append(((dataset, "All"), {k: evaluation.get(k) for k in FUSION_KEYS}))
+    return parts
+
+
 def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
     """Write runs.{csv,parquet}, summary.{csv,parquet} and cmc.parquet to ``out_dir``; returns the summary."""
     if not paths:
         raise AgnetError("no metrics files to aggregate")
     rows: list[dict] = []
     cmc_rows: list[dict] = []
-    settings_of: dict[str, tuple[str, str]] = {}  # dataset -> (its evaluation settings as text, first file)
+    settings_of: dict[tuple, tuple[str, str]] = {}  # scope -> (its evaluation settings as text, first file)
     data_of: dict[str, tuple[tuple, str]] = {}  # dataset -> ((format, manifest sha256), first file)
     for path in paths:
         data = read_metrics(path)
@@ -199,12 +217,14 @@ def aggregate(paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
             raise AgnetError(f"{path} and {seen[1]} both say dataset {dataset!r} but were computed from different data "
                              f"({what}): two datasets under one label cannot be averaged as seeds; give each its "
                              "own dataset name")
-        settings = json.dumps(data.get("evaluation"), sort_keys=True)
-        first = settings_of.setdefault(dataset, (settings, str(path)))
-        if first[0] != settings:
-            raise AgnetError(f"{path} and {first[1]} were evaluated with different settings for dataset {dataset!r} "
-                             f"({_difference(data.get('evaluation'), json.loads(first[0]))}): one of them is stale; "
-                             "rerun the evaluation (snakemake reruns exactly the stale ones)")
+        variant = str(data["provenance"].get("variant"))
+        for scope, part in _settings_parts(data.get("evaluation"), dataset, variant):
+            settings = json.dumps(part, sort_keys=True)
+            first = settings_of.setdefault(scope, (settings, str(path)))
+            if first[0] != settings:
+                raise AgnetError(f"{path} and {first[1]} were evaluated with different settings for dataset "
+                                 f"{dataset!r} ({_difference(part, json.loads(first[0]))}): one of them is stale; "
+                                 "rerun the evaluation (snakemake reruns exactly the stale ones)")
         some, curves = metrics_rows(data)
         rows += some
         cmc_rows += curves

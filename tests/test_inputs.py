@@ -61,6 +61,35 @@ def test_aggregate_refuses_two_datasets_under_one_label(tmp_path):
     aggregate([a, metrics_file(tmp_path / "d.json", seed=1)], tmp_path / "out")  # same data, two seeds: fine
 
 
+def _evaluated(path: Path, evaluation: dict, variant: str = "agnet_asl", seed: int = 0, descriptor: str = "All"
+               ) -> Path:
+    """A metrics file of ``variant`` evaluated with ``evaluation``."""
+    data = json.loads(metrics_file(path, seed=seed, descriptor=descriptor).read_text())
+    data["provenance"]["variant"], data["evaluation"] = variant, evaluation
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_aggregate_takes_bot_scored_on_id_alone_and_still_refuses_a_stale_alpha_or_descriptor_list(tmp_path):
+    agnet = {"distance": "euclidean", "descriptors": ["Attr", "ID", "All"], "alpha": 0.5, "alpha_sweep": [0.0, 1.0]}
+    bot = {"distance": "euclidean", "descriptors": ["ID"]}  # no attribute branch: no All, so no α
+    fresh = [_evaluated(tmp_path / "a0.json", agnet), _evaluated(tmp_path / "a1.json", agnet, seed=1),
+             _evaluated(tmp_path / "b0.json", bot, "bot", descriptor="ID")]
+    summary = aggregate(fresh, tmp_path / "out")
+    assert set(summary["variant"]) == {"agnet_asl", "bot"}
+    stale = [
+        (_evaluated(tmp_path / "s1.json", {**agnet, "alpha": 0.3}, seed=2), r"alpha: 0\.3 vs 0\.5"),
+        (_evaluated(tmp_path / "s2.json", {**bot, "distance": "cosine"}, "bot", seed=1, descriptor="ID"),
+         r"distance: 'cosine' vs 'euclidean'"),
+        (_evaluated(tmp_path / "s3.json", {**bot, "descriptors": ["ID", "Attr"]}, "bot", seed=1, descriptor="ID"),
+         r"descriptors"),
+    ]
+    for path, difference in stale:
+        with pytest.raises(AgnetError, match=rf"{path.name} and .* were evaluated with different settings for "
+                                             rf"dataset 'veri-x' \({difference}.*one of them is stale"):
+            aggregate([*fresh, path], tmp_path / "out2")
+
+
 def test_aggregate_states_each_folds_lambda_its_edge_and_the_control_once_per_run(tmp_path):
     """runs.csv: str_lambda (the folds' mean), str_lambdas and str_at_edge; summary: each seed's fold λs and the
     seeds with an edge; the spatio-temporal control is one row per run under the descriptor 'none'."""
