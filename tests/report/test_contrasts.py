@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from agnet.report.contrasts import CONTRASTS, markdown, measure
+from agnet.report.contrasts import BASELINE_CONTRASTS, CONTRASTS, markdown, measure
 from tests.report.test_claims import runs
 
 
@@ -36,6 +36,26 @@ def test_each_contrast_is_one_factor_of_the_configured_variants():
                     "als-smoothing": ["als", "verification_loss"],
                     "als-attribute-term": ["als"]}[contrast.id]
         assert differing == expected, (contrast.id, differing)
+
+
+def test_each_baseline_contrast_changes_only_what_agnet_adds_to_bot():
+    """BoT+Attr − BoT: the AGNet network (attribute branch, guided ID branch with its embedding layer) and the
+    colour/type losses; BoT+ALS − BoT+Attr: the ALS verification term and the hard pairs it is trained on. Every
+    BoT trick (stride, BNNeck, smoothing, triplet, warm-up, erasing, P x K, Adam, input, schedule) is common."""
+    from agnet.config import load_config
+    from agnet.settings import training_document
+
+    config = load_config("config.yaml")
+    docs = {v: training_document(config, v)["settings"] for v in ("bot", "bot_attr", "bot_als")}
+    expected = {"bot-attr": ["architecture", "embedding_dim", "loss_weights"],
+                "bot-als": ["als", "hard_negative_fraction", "loss_weights", "verification_loss"],
+                "bot-attr-als": ["als", "architecture", "embedding_dim", "hard_negative_fraction", "loss_weights",
+                                 "verification_loss"]}
+    for contrast in BASELINE_CONTRASTS:
+        a, b = docs[contrast.a], docs[contrast.b]
+        assert sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) == expected[contrast.id], contrast.id
+        assert a["loss_weights"]["category"] == b["loss_weights"]["category"]  # the ID loss weighs the same
+    assert docs["bot_attr"]["loss_weights"]["verify"] == docs["bot"]["loss_weights"]["verify"] == 0
 
 
 def test_a_contrast_is_measured_only_where_both_variants_ran_and_paired_by_seed():
