@@ -13,7 +13,8 @@ shared pages counted once, so a memory-mapped cache or the loader workers' copy-
 per process) beside ``max_rss`` (summed over the tree, which counts shared pages once per process). The
 targets (issue 13): ``verify --strict`` of the VehicleID-size twin <= 10 min on 2 cores, manifests <= 1 min
 each, no job above 8 GB (PSS). From the measured image counts and stated GPU throughputs it projects the full
-paper protocol (2 datasets x 3 variants x 3 seeds x 75 epochs) on one GPU.
+paper protocol (both datasets x every variant of config.yaml's ``train_variants`` x its seeds, each variant's
+epochs, images per epoch and forward-FLOP cost per image: ``projection.py``) on one GPU.
 
     python benchmarks/bench_rehearsal.py --run /work/rehearsal --offline --write   # ~1.5 h on 2 cores
     python benchmarks/bench_rehearsal.py --collect /work/rehearsal --write          # a DAG already run there
@@ -34,6 +35,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _machine import cpu_name
+from projection import (
+    GPU_EXTRACT_IMAGES_PER_S,
+    GPU_TRAIN_IMAGES_PER_S,
+    PAPER_TRAIN_IMAGES,
+    protocol_config,
+    replace_block,
+)
+from projection import project as project_training
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -42,16 +51,10 @@ GB = 1024.0  # MB per GB (Snakemake's benchmark files are in MB)
 TARGET_MB = 8 * GB
 TARGET_S = {"verify": 600.0, "manifest": 60.0}  # per job; verify's target is the VehicleID-size twin's
 
-# Assumptions of the one-GPU projection (stated in the output; benchmarks/gpu_check.sh measures them): training
-# images/s of AGNet-ResNet-50 (two layer4 branches) at 224 x 224, AMP, batch 32 on an H100-class GPU -- a plain
-# estimate and the training-speed issue's target -- and extraction images/s.
-GPU_TRAIN_IMAGES_PER_S = (1200.0, 3000.0)
-GPU_EXTRACT_IMAGES_PER_S = 3000.0
-PROTOCOL = {"variants": 3, "seeds": 3, "epochs": 75}
-# VehicleID's attribute-labelled training set as the paper trains on it ("78956 images"; the release's colour labels
-# cover 78,957 images, all or nearly all of them training vehicles). The twin spreads its labelled vehicles over
-# both splits and trains on fewer images (44,552), so the projection takes the paper's count.
-PAPER_VEHICLEID_TRAIN_IMAGES = 78_956
+# The one-GPU projection's assumed rates (stated in the output; benchmarks/gpu_check.sh measures them) and the
+# paper's training-image counts live in projection.py. The twin spreads VehicleID's labelled vehicles over both
+# splits and trains on fewer images (44,552), so the projection takes the paper's attribute-labelled count.
+PAPER_VEHICLEID_TRAIN_IMAGES = PAPER_TRAIN_IMAGES["vehicleid"]
 ORDER = ("synthesize", "verify", "manifest", "train", "extract", "evaluate", "aggregate", "tables", "claims",
          "figures_cmc", "figures_illustrations", "figures_training")
 
@@ -152,25 +155,25 @@ def _projected_train_images(train_images: dict[str, int]) -> dict[str, int]:
     return {ds: PAPER_VEHICLEID_TRAIN_IMAGES if "vehicleid" in ds else n for ds, n in train_images.items()}
 
 
-def project(train_images: dict[str, int], records: list[dict]) -> dict:
-    """Full protocol on one GPU from the measured image counts and the stated throughput assumptions."""
-    runs = PROTOCOL["variants"] * PROTOCOL["seeds"]
-    # An epoch takes every training image once as an anchor, each with its pair partner (docs/paper-mapping.md):
-    # 2 x floor(N / 16) x 16 images at batch 32.
+def project(train_images: dict[str, int], records: list[dict], config: dict | None = None) -> dict:
+    """Full protocol (``config``, default config.yaml: every train_variant x its seeds) on one GPU from the measured
+    image counts and the stated throughput assumptions. Training: ``projection.project`` (per variant its epochs,
+    images per epoch of its sampler and forward-FLOP cost per image); extraction: every run extracts the measured
+    images at its variant's cost; evaluation: the measured CPU seconds once per run."""
+    config = protocol_config() if config is None else config
     train_images = _projected_train_images(train_images)
-    per_epoch = {ds: 2 * (n // 16) * 16 for ds, n in train_images.items()}
-    train_h = {ds: [runs * PROTOCOL["epochs"] * per_epoch[ds] / rate / 3600 for rate in GPU_TRAIN_IMAGES_PER_S]
-               for ds in train_images}
-    extract_h = {r["dataset"]: runs * r["images"] / GPU_EXTRACT_IMAGES_PER_S / 3600
+    if not train_images:
+        return {"train_images": {}, "training": None, "extract_hours": {}, "evaluate_hours_cpu": {}, "total_hours": []}
+    training = project_training(config, train_images, GPU_TRAIN_IMAGES_PER_S)
+    extract_h = {r["dataset"]: training["reference_runs"] * r["images"] / GPU_EXTRACT_IMAGES_PER_S / 3600
                  for r in records if r["rule"] == "extract" and r.get("images")}
-    evaluate_h = {r["dataset"]: runs * r["seconds"] / 3600 for r in records if r["rule"] == "evaluate"}
+    evaluate_h = {r["dataset"]: training["runs"] * r["seconds"] / 3600 for r in records if r["rule"] == "evaluate"}
     rest = sum(extract_h.values())  # evaluation runs on CPUs beside the GPU jobs: not on the GPU's clock
-    total = [sum(h[i] for h in train_h.values()) + rest for i in range(len(GPU_TRAIN_IMAGES_PER_S))]
-    return {"train_images": train_images, "train_images_per_epoch": per_epoch, "train_hours": train_h,
-            "extract_hours": extract_h,
-            "evaluate_hours_cpu": evaluate_h, "total_hours": total,
+    return {"train_images": train_images, "training": training, "extract_hours": extract_h,
+            "evaluate_hours_cpu": evaluate_h, "total_hours": [h + rest for h in training["total_hours"]],
             "assumptions": {"gpu_train_images_per_s": GPU_TRAIN_IMAGES_PER_S,
-                            "gpu_extract_images_per_s": GPU_EXTRACT_IMAGES_PER_S, **PROTOCOL}}
+                            "gpu_extract_images_per_s": GPU_EXTRACT_IMAGES_PER_S, "seeds": len(config["seeds"]),
+                            "train_variants": list(config["train_variants"]), "cost": training["assumption"]}}
 
 
 def check_targets(records: list[dict]) -> list[str]:
@@ -207,33 +210,30 @@ def write_docs(result: dict, note: str) -> None:
     lines.append("Targets (verify --strict <= 10 min, manifests <= 1 min, every job <= 8 GB PSS): "
                  + ("all met." if not missed else "MISSED: " + "; ".join(missed) + "."))
     p = result["projection"]
-    if p["train_images_per_epoch"]:
-        a = p["assumptions"]
+    if p["training"]:
+        a, training = p["assumptions"], p["training"]
         rates = [f"{r:,.0f}" for r in a["gpu_train_images_per_s"]]
-        lines += ["", (f"Projection of the full protocol ({a['variants']} variants x {a['seeds']} seeds x "
-                       f"{a['epochs']} epochs, both datasets) on one GPU, from the VeRi twin's training set (all its "
-                       f"training vehicles) and the paper's {PAPER_VEHICLEID_TRAIN_IMAGES:,} attribute-labelled "
-                       f"VehicleID images (an epoch = every training image as an anchor with its partner) and "
-                       f"**assumed** "
+        lines += ["", (f"Projection of the full protocol ({len(a['train_variants'])} train_variants x {a['seeds']} "
+                       f"seeds, each variant's epochs, both datasets) on one GPU, from the VeRi twin's training set "
+                       f"(all its training vehicles) and the paper's {PAPER_VEHICLEID_TRAIN_IMAGES:,} "
+                       f"attribute-labelled VehicleID images (an epoch = the variant's sampler's steps x batch: pairs "
+                       f"2 x floor(N / (B/2)) x B/2, P x K floor(N / B) x B) and **assumed** "
                        f"{' or '.join(rates)} training and {a['gpu_extract_images_per_s']:,.0f} extraction "
-                       f"images/s (gpu_check.sh measures them). Evaluation runs on CPUs beside the GPU jobs "
-                       f"(its CPU hours as measured here, not part of the GPU total):"),
+                       f"images/s of AGNet-ResNet-50 at 224 x 224 (gpu_check.sh measures them), each variant's images "
+                       f"weighted by its forward FLOPs over that network's (cost; assumption: {a['cost']}). "
+                       f"Evaluation runs on CPUs beside the GPU jobs (its CPU hours as measured here, not part of the "
+                       f"GPU total):"),
                   "", f"| part | hours at {rates[0]} images/s | hours at {rates[1]} images/s |", "|---|---|---|",
-                  *[f"| training {ds} ({p['train_images'][ds]:,} images, {n:,} per epoch, "
-                    f"{a['epochs'] * a['variants'] * a['seeds']} epochs) | {_fmt_h(p['train_hours'][ds][0])} | "
-                    f"{_fmt_h(p['train_hours'][ds][1])} |" for ds, n in p["train_images_per_epoch"].items()],
+                  *[f"| training {r['variant']} {r['dataset']} ({r['train_images']:,} images, "
+                    f"{r['images_per_epoch']:,} per epoch, {r['seeds'] * r['epochs']} epochs, cost "
+                    f"{r['cost']:.2f}) | {_fmt_h(r['hours'][0])} | {_fmt_h(r['hours'][1])} |"
+                    for r in training["rows"]],
                   *[f"| extraction {ds} | {_fmt_h(h)} | {_fmt_h(h)} |" for ds, h in p["extract_hours"].items()],
                   f"| **GPU total** | **{_fmt_h(p['total_hours'][0])}** | **{_fmt_h(p['total_hours'][1])}** |",
                   *[f"| evaluation {ds} (CPU, beside) | {_fmt_h(h)} | {_fmt_h(h)} |"
                     for ds, h in p["evaluate_hours_cpu"].items()]]
     lines.append(END)
-    block = "\n".join(lines)
-    text = DOCS.read_text()
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
-    else:
-        text += "\n" + block + "\n"
-    DOCS.write_text(text)
+    replace_block(DOCS, START, END, "\n".join(lines))
 
 
 def _meta(work: Path, offline: bool) -> dict:

@@ -9,7 +9,9 @@ numbers are what users get. Configurations:
 * GPU (``--gpu``, for ``benchmarks/gpu_check.sh`` or by hand on a CUDA machine): ResNet-50 at 224 x 224
   with AMP on/off x channels_last on/off, JPEG decoding vs the decoded-image cache, with
   ``--gpu-workers`` loader workers; then k = 1, 2, 3 concurrent training processes on the one GPU
-  (aggregate images/s), and the full protocol projected from the best aggregate rate.
+  (aggregate images/s), and the full protocol (every variant of config.yaml's ``train_variants``, each image
+  weighted by its network's forward FLOPs over this ResNet-50's: ``projection.py``) projected from the best
+  aggregate rate.
 
 Every run also reports **host reads per optimizer step** outside the loop's logging points, counted
 by :class:`agnet.train.hostreads.HostReadCounter` in a separate short run (the target is 0).
@@ -36,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from projection import paper_train_images, project, protocol_config
 
 from agnet.config import load_config
 from agnet.data.manifest import make_manifest, read_manifest
@@ -56,17 +59,15 @@ def settings(overrides: dict) -> object:
     return resolve_settings(config, "agnet_asl")
 
 
-# The paper protocol (docs/paper-mapping.md): 2 datasets x 3 variants x 3 seeds x 75 epochs, an epoch = every
-# training image an anchor once (2 images per anchor), the incomplete last batch dropped.
-PROTOCOL_TRAIN_IMAGES = {"VeRi-776": 37_778, "VehicleID (attribute-labelled)": 78_956}
-PROTOCOL_RUNS_PER_DATASET, PROTOCOL_EPOCHS, PROTOCOL_BATCH = 9, 75, 32
-
-
-def protocol_images() -> int:
-    """Images the full training protocol processes."""
-    pairs = PROTOCOL_BATCH // 2
-    return sum(2 * (n // pairs) * pairs * PROTOCOL_EPOCHS * PROTOCOL_RUNS_PER_DATASET
-               for n in PROTOCOL_TRAIN_IMAGES.values())
+def protocol_images() -> dict:
+    """Images the full training protocol processes (config.yaml: both paper datasets x every train_variant x its
+    seeds and epochs, an epoch = its sampler's full batches), in all and weighted by each variant's forward FLOPs
+    per image over AGNet-ResNet-50 at 224 x 224 (the network the GPU rows measure), with the per-variant split."""
+    config = protocol_config()
+    projection = project(config, paper_train_images(config))
+    return {"images": projection["images"], "reference_images": projection["reference_images"],
+            "reference_images_per_variant": projection["variant_reference_images"],
+            "assumption": projection["assumption"]}
 
 
 def run_epoch(manifest: Path, work: Path, name: str, overrides: dict, device: str) -> dict:
@@ -138,9 +139,12 @@ def gpu_rows(manifest: Path, work: Path, paper: dict, workers: int, steps: int) 
     reads = host_reads_per_step(manifest, work, best, "cuda")
     concurrent = [concurrent_jobs(manifest, work, best, k, steps) for k in (1, 2, 3)]
     rate = max(c["aggregate_images_per_s"] for c in concurrent)
+    protocol = protocol_images()
+    hours = {v: round(n / rate / 3600, 2) for v, n in protocol["reference_images_per_variant"].items()} if rate else {}
     return {"training": results, "host_reads": reads, "concurrent": concurrent,
-            "protocol_images": protocol_images(), "protocol_hours_at_best_aggregate": round(
-                protocol_images() / rate / 3600, 1) if rate else None}
+            "protocol_images": protocol["images"], "protocol_reference_images": protocol["reference_images"],
+            "protocol_cost_assumption": protocol["assumption"], "protocol_hours_per_variant": hours,
+            "protocol_hours_at_best_aggregate": round(protocol["reference_images"] / rate / 3600, 1) if rate else None}
 
 
 def loader_only(manifest_frame, root: str, input_size, workers: int, cache: DecodedCache | None) -> float:
@@ -259,8 +263,11 @@ def write_gpu_section(gpu: dict, args) -> None:
         "|---|---|---|---|---|---|---|\n" + rows + "\n\n"
         "| concurrent jobs | aggregate images/s | wall-clock images/s | per job |\n|---|---|---|---|\n"
         + concurrent + f"\n\nHost reads per step outside logging points: {gpu['host_reads']['in_step_per_step']}. "
-        f"Full protocol ({gpu['protocol_images'] / 1e6:.0f} M images): "
-        f"**{gpu['protocol_hours_at_best_aggregate']} h** at the best aggregate rate.\n{GPU_END}"
+        f"Full protocol (every train_variant: {gpu['protocol_images'] / 1e6:.0f} M images, "
+        f"{gpu['protocol_reference_images'] / 1e6:.0f} M weighted by forward FLOPs per image over this AGNet-ResNet-50's; "
+        f"assumption: {gpu['protocol_cost_assumption']}): **{gpu['protocol_hours_at_best_aggregate']} h** at the best "
+        f"aggregate rate ("
+        + ", ".join(f"{v} {h} h" for v, h in gpu["protocol_hours_per_variant"].items()) + f").\n{GPU_END}"
     )
     text = DOCS.read_text()
     if GPU_START not in text:
