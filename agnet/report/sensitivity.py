@@ -56,6 +56,8 @@ def read_sensitivity(paths: Sequence[str | Path], settings: dict[str, Any]) -> d
         if key in seen:
             raise AgnetError(f"{path} and {seen[key]} both hold dataset {dataset}, variant {variant}, seed {seed}")
         seen[key] = path
+        if "All" not in (data.get("evaluation") or {}).get("descriptors", ["All"]):
+            continue  # a model without the attribute branch (bot): scored on ID alone, no α to vary
         evaluated = (data.get("evaluation") or {}).get("alpha")
         if configured is not None and evaluated is not None and float(evaluated) != float(configured):
             raise AgnetError(f"{path}: evaluation.alpha is {evaluated}, but the report's settings say {configured}: "

@@ -103,6 +103,23 @@ def test_stale_or_mixed_inputs_are_refused_naming_the_file(tmp_path):
         make_sensitivity([*paths, lacking], settings_of(), tmp_path, tmp_path)
 
 
+def test_runs_scored_on_id_alone_are_not_swept_and_do_not_make_the_others_stale(tmp_path):
+    """bot has no attribute branch: its metrics hold ID alone and no sweep; the table is the AGNet runs' alone."""
+    paths = all_metrics(tmp_path)
+    make_sensitivity(paths, settings_of(), tmp_path / "without", tmp_path / "without")
+    bot = []
+    for seed in (0, 1):
+        path = write_metrics(tmp_path, "veri-synth", "bot", seed, ["veri"], sweep=False)
+        data = json.loads(path.read_text())
+        data["evaluation"] = {"descriptors": ["ID"]}
+        data["records"] = [r for r in data["records"] if r["descriptor"] == "ID"]
+        path.write_text(json.dumps(data))
+        bot.append(path)
+    make_sensitivity([*paths, *bot], settings_of(), tmp_path / "with", tmp_path / "with")
+    tables = [(tmp_path / f"{run}/sensitivity.md").read_text().split("Computed from ")[0] for run in ("with", "without")]
+    assert tables[0] == tables[1]  # all but the list of the files read
+
+
 def test_cli_reports_a_malformed_sweep_with_the_file_and_field(tmp_path, capsys):
     paths = all_metrics(tmp_path)
     data = json.loads(paths[0].read_text())
