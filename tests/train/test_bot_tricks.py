@@ -17,8 +17,6 @@ import torch
 import yaml
 
 from agnet.cli import main
-from agnet.data.manifest import make_manifest
-from agnet.data.synth.veri import synth_veri
 from agnet.errors import AgnetError, ConfigError
 from agnet.extract import extract, load_features
 from agnet.settings import training_document, variant_descriptors
@@ -37,7 +35,7 @@ from agnet.train.loop import train
 from agnet.train.schedule import lr_factor, make_optimizer, make_scheduler
 from agnet.train.settings import resolve_settings
 from tests.conftest import REPO
-from tests.train.test_loop import _relabelled, assert_same_weights, read_log, weights
+from tests.train.test_loop import _relabelled, assert_same_weights, interrupt_and_resume, read_log, weights
 
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
 # what a tiny CPU test overrides in the bot variants (their own keys win over `training`)
@@ -52,14 +50,6 @@ def tiny_config() -> dict:
     for name in ("bot", "bot_attr", "bot_als"):
         config["variants"][name].update({k: v for k, v in TINY.items() if k not in OPERATIONAL_TINY})
     return config
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    root = synth_veri(tmp_path_factory.mktemp("twin") / "VeRi", vehicles=16, cameras=4, seed=5, workers=1)
-    out = root.parent / "manifest.parquet"
-    make_manifest("veri", root, out)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -328,14 +318,7 @@ def test_bot_variants_resume_mid_epoch_to_identical_weights(variant, manifest, t
 
     frame, meta = read_manifest(manifest)
     per_epoch = make_sampler(TrainSet.from_manifest(frame, meta["root"]), settings, 6).steps_per_epoch
-    monkeypatch.setattr(loop, "total_loss", interrupt)
-    with pytest.raises(loop.TrainingInterrupted, match="checkpoint saved at epoch 2, step 2"):
-        train(settings, manifest, tmp_path / "interrupted", seed=6, progress=False)
-    monkeypatch.undo()
-    train(settings, manifest, tmp_path / "interrupted", seed=6, resume=True, progress=False)
-    assert_same_weights(tmp_path / "reference", tmp_path / "interrupted")
-    assert [r["loss_total"] for r in read_log(tmp_path / "reference")] == \
-        [r["loss_total"] for r in read_log(tmp_path / "interrupted")]
+    interrupt_and_resume(settings, manifest, tmp_path, monkeypatch, interrupt, "checkpoint saved at epoch 2, step 2")
     if variant == "bot_als":
         assert all(r["loss_verify"] > 0 and r["loss_color"] > 0 for r in read_log(tmp_path / "reference"))
         assert "verify_head.weight" in weights(tmp_path / "reference")

@@ -287,8 +287,15 @@ def test_bf16_autocast_and_channels_last_on_cpu_resume_bit_exactly(manifest, con
             os.kill(os.getpid(), signal.SIGUSR1)
         return real_total(outputs, batch, verify_logits, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "total_loss", interrupt_at_step_7)
-    with pytest.raises(loop.TrainingInterrupted, match="SIGUSR1 received: checkpoint saved at epoch 1, step 7"):
+    interrupt_and_resume(settings, manifest, tmp_path, monkeypatch, interrupt_at_step_7,
+                         "SIGUSR1 received: checkpoint saved at epoch 1, step 7")
+
+
+def interrupt_and_resume(settings, manifest, tmp_path, monkeypatch, hook, match: str) -> None:
+    """Train seed 6 into tmp_path/interrupted with ``hook`` standing in for ``loop.total_loss`` (it sends the signal),
+    resume, and require the weights and the logged losses of tmp_path/reference (the same run uninterrupted)."""
+    monkeypatch.setattr(loop, "total_loss", hook)
+    with pytest.raises(loop.TrainingInterrupted, match=match):
         train(settings, manifest, tmp_path / "interrupted", seed=6, progress=False)
     monkeypatch.undo()
     train(settings, manifest, tmp_path / "interrupted", seed=6, resume=True, progress=False)
