@@ -55,15 +55,17 @@ def test_demo_profile_plans_every_stage_with_one_thread_trainings(tmp_path):
     done = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     counts = _job_counts(done.stdout)
-    # 3 seeds x (3 variants on the VeRi twin + 5, the ablation arms too, on the VehicleID twin)
-    assert counts["total"] == "101" and counts["train"] == counts["extract"] == counts["evaluate"] == "24"
-    # one settings document per variant (5), per dataset and stage (2 x 2) and per report job (6)
-    assert counts["settings"] == "15"
+    # 3 seeds x (4 variants on the VeRi twin: the paper's 3 and BoT; 8 on the VehicleID twin: the ablation arms and
+    # AGNet's additions to BoT too)
+    assert counts["total"] == "142" and counts["train"] == counts["extract"] == counts["evaluate"] == "36"
+    # one settings document per variant (8), per dataset and stage (2 x 2), per dataset for BoT's ID-only evaluation
+    # (2) and per report job (6)
+    assert counts["settings"] == "20"
     for rule in ("synthesize", "verify", "manifest", "aggregate", "tables", "claims", "figures_cmc",
                  "figures_illustrations", "figures_training", "sensitivity"):
         assert counts[rule] in ("1", "2"), rule
     shells = [line for line in done.stdout.splitlines() if "python -m agnet train " in line]
-    assert len(shells) == 24 and all("--threads 1 " in line for line in shells)
+    assert len(shells) == 36 and all("--threads 1 " in line for line in shells)
     # the job reads its variant's settings document, never the YAML files; how it runs is in its flags
     assert all("--settings results/settings/train/" in line and ".yaml" not in line for line in shells)
     assert all("--workers 0 --log-every 5 " in line for line in shells)
@@ -75,7 +77,7 @@ def test_demo_profile_works_from_any_working_directory(tmp_path):
     command = [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/demo"), "--cores", "1", "-n"]
     done = subprocess.run(command, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _job_counts(done.stdout)["total"] == "101"
+    assert _job_counts(done.stdout)["total"] == "142"
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
@@ -278,12 +280,12 @@ def test_paper_protocol_plans_every_job_before_the_datasets_exist(tmp_path):
     done = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert done.returncode == 0, done.stderr[-2000:]
     counts = _job_counts(done.stdout)
-    # 2 datasets x 3 variants x 3 seeds.
+    # 2 datasets x 6 variants (the paper's 3, the BoT family of Table V) x 3 seeds.
     # One evaluate job per trained run (all its descriptors x protocols): as many as training jobs.
-    assert counts["train"] == "18" and counts["extract"] == "18" and counts["evaluate"] == "18"
+    assert counts["train"] == "36" and counts["extract"] == "36" and counts["evaluate"] == "36"
     assert counts["tables"] == counts["claims"] == "1"
     assert counts["figures_cmc"] == counts["figures_illustrations"] == counts["figures_training"] == "1"
-    assert counts["sensitivity"] == "1" and counts["total"] == "82"  # + the α/ALS sensitivity report and its settings
+    assert counts["sensitivity"] == "1" and counts["total"] == "141"  # + the α/ALS sensitivity report and its settings
 
 
 def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):
@@ -295,7 +297,7 @@ def test_slurm_profile_plans_every_job_with_cluster_resources(tmp_path):
         rule = block.split("rule ", 1)[1].split(":", 1)[0]
         by_rule.setdefault(rule, []).append(block.split("resources:", 1)[1].split("\n", 1)[0])
     assert {r: len(v) for r, v in by_rule.items() if r in ("train", "extract", "evaluate")} == {
-        "train": 18, "extract": 18, "evaluate": 18}
+        "train": 36, "extract": 36, "evaluate": 36}
     for resources in by_rule["train"]:
         assert all(f in resources for f in ("gpu=1", "mem_mb=48000", "runtime=1440", "cpus_per_task=8"))
         assert "slurm_extra=--signal=USR1@300" in resources  # the walltime warning the training loop checkpoints on
