@@ -191,9 +191,11 @@ def _settings_parts(evaluation: Any, dataset: str, variant: str) -> list[tuple[t
     if not isinstance(evaluation, dict):
         return [((dataset,), evaluation)]
     shared = {k: v for k, v in evaluation.items() if k != "descriptors" and k not in FUSION_KEYS}
-    parts = [((dataset,), shared), ((dataset, variant), {"descriptors": evaluation.get("descriptors")})]
-    if "alpha" in evaluation:
-        parts.append(((dataset, "All"), {k: evaluation.get(k) for k in FUSION_KEYS}))
+    parts = [((dataset,), shared)]
+    if "alpha" in evaluation:  # every run scored with All: one descriptor list and one α for all of them
+        parts.append(((dataset, "All"), {k: evaluation.get(k) for k in ("descriptors", *FUSION_KEYS)}))
+    else:
+        parts.append(((dataset, variant), {"descriptors": evaluation.get("descriptors")}))
     return parts
 
 

@@ -81,7 +81,7 @@ def test_overlay_alone_is_one_line_naming_the_base(tmp_path):
         load_config(REPO / "workflow/configs/demo.yaml")
     message = str(info.value)
     assert "\n" not in message
-    assert "lacks the top-level section(s) 'datasets', 'variants'" in message
+    assert "lacks the top-level section(s) 'datasets', so it is not a complete config" in message
     assert "agnet config check config.yaml workflow/configs/demo.yaml" in message
 
 

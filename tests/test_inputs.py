@@ -83,6 +83,8 @@ def test_aggregate_takes_bot_scored_on_id_alone_and_still_refuses_a_stale_alpha_
          r"distance: 'cosine' vs 'euclidean'"),
         (_evaluated(tmp_path / "s3.json", {**bot, "descriptors": ["ID", "Attr"]}, "bot", seed=1, descriptor="ID"),
          r"descriptors"),
+        # a whole variant scored with an old descriptor list, beside fresh runs of others
+        (_evaluated(tmp_path / "s4.json", {**agnet, "descriptors": ["ID", "All"]}, "agnet_ce"), r"descriptors"),
     ]
     for path, difference in stale:
         with pytest.raises(AgnetError, match=rf"{path.name} and .* were evaluated with different settings for "

@@ -50,7 +50,9 @@ CONTRASTS = (
 BASELINE_CONTRASTS = (
     Contrast("bot-attr", "bot_attr", "bot", "AGNet's attribute branch and Eq. 5 fusion on BoT",
              b_descriptor="ID", group="baseline"),
-    Contrast("bot-als", "bot_als", "bot_attr", "the ALS verification term on BoT+Attr", group="baseline"),
+    Contrast("bot-attr-id", "bot_attr", "bot", "AGNet's attribute-guided network on BoT's identity feature alone",
+             a_descriptor="ID", b_descriptor="ID", group="baseline"),
+    Contrast("bot-als", "bot_als", "bot_attr", "a verification term, trained with ALS, on BoT+Attr", group="baseline"),
     Contrast("bot-attr-als", "bot_als", "bot", "the attribute branch, fusion and ALS together on BoT",
              b_descriptor="ID", group="baseline"),
 )

@@ -131,6 +131,11 @@ def check_tricks(settings: TrainSettings, where) -> list[str]:
         problems.append(f"{where('triplet')}: needs exactly weight and margin, got {sorted(settings.triplet)}")
     if settings.uses_triplet and settings.batch_size < 2:
         problems.append(f"{where('triplet')}: needs batches of at least two images")
+    first_drop = min(settings.lr_milestones, default=settings.epochs)
+    if settings.warmup_epochs and settings.warmup_epochs > min(first_drop, settings.epochs - 1):
+        problems.append(f"{where('warmup_epochs')}: {settings.warmup_epochs} epochs of warm-up do not end before the "
+                        f"first lr step (epoch {first_drop}) and the last epoch ({settings.epochs}); lower it or move "
+                        "lr_milestones")
     return problems
 
 

@@ -48,6 +48,7 @@ def test_each_baseline_contrast_changes_only_what_agnet_adds_to_bot():
     config = load_config("config.yaml")
     docs = {v: training_document(config, v)["settings"] for v in ("bot", "bot_attr", "bot_als")}
     expected = {"bot-attr": ["architecture", "embedding_dim", "loss_weights"],
+                "bot-attr-id": ["architecture", "embedding_dim", "loss_weights"],
                 "bot-als": ["als", "hard_negative_fraction", "loss_weights", "verification_loss"],
                 "bot-attr-als": ["als", "architecture", "embedding_dim", "hard_negative_fraction", "loss_weights",
                                  "verification_loss"]}

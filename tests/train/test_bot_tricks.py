@@ -203,6 +203,7 @@ def test_pk_pairs_reach_the_batch_and_the_pair_sampler_is_unchanged(manifest):
     ({"batch_size": 18}, r"variants\.bot\.batch_size: 18 is not P x K with K = instances_per_identity = 4"),
     ({"instances_per_identity": 1}, r"variants\.bot\.instances_per_identity: 1; the pk sampler needs K >= 2"),
     ({"loss_weights": {"attributes": 0.5}}, r"variants\.bot\.loss_weights: architecture bot has no attribute branch"),
+    ({"warmup_epochs": 200}, r"variants\.bot\.warmup_epochs: 200 epochs of warm-up do not end before the first lr step"),
 ])
 def test_bad_bot_settings_name_the_field(override, message):
     config = tiny_config()

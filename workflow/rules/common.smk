@@ -123,7 +123,7 @@ def job_settings_key(stage, wildcards):
     if stage == "train":
         return wildcards.variant
     if stage == "evaluate":
-        return evaluation_key(config, wildcards.ds, wildcards.variant)
+        return evaluation_key(PLAN.config, wildcards.ds, wildcards.variant)
     return wildcards.ds
 
 
