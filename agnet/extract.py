@@ -200,6 +200,8 @@ def extract(model_path: str | Path, manifest_path: str | Path, out_path: str | P
 
 def stored_descriptors(path: str | Path) -> set[str]:
     """The branch descriptors (of ``STORED``) a features file holds, read without loading its matrices (mmap)."""
+    if not Path(path).is_file():
+        raise AgnetError(f"{path}: features file not found (run `agnet extract` first)")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure means the same to the user

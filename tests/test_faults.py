@@ -239,7 +239,7 @@ CASES = {
         _config_check("training: {lr: fast}"), 1,
         r"agnet: error: .*overlay\.yaml: training\.lr: expected a number, got the string 'fast'$"),
     "config-overlay-alone": Case(
-        _demo_alone, 1, r"agnet: error: .*demo\.yaml: lacks the top-level section\(s\) 'datasets', 'variants'.*"
+        _demo_alone, 1, r"agnet: error: .*demo\.yaml: lacks the top-level section\(s\) 'datasets', so it is not a complete config.*"
         r"agnet config check config\.yaml workflow/configs/demo\.yaml"),
 }
 
