@@ -11,7 +11,11 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 # The agnet imports need the checkout on sys.path (above).
 from agnet.errors import ConfigError  # noqa: E402
 from agnet.fileio import write_text  # noqa: E402
-from agnet.settings import evaluation_key, plan as resolve_plan, trained_on  # noqa: E402
+from agnet.settings import (
+    evaluation_key,
+    plan as resolve_plan,
+    trained_on,
+)  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 # The merged configuration (config files and --config overrides) checked and resolved once, by the function
@@ -119,7 +123,8 @@ def train_settings(wildcards):
 
 def job_settings_key(stage, wildcards):
     """The document a job of `stage` reads: train/{variant}; extract/{ds}; evaluate/{ds}, or for a variant whose
-    model lacks a configured descriptor (bot: no Attr, no All) evaluate/{ds}.<its descriptors>."""
+    model lacks a configured descriptor (bot: no Attr, no All) evaluate/{ds}.<its descriptors>.
+    """
     if stage == "train":
         return wildcards.variant
     if stage == "evaluate":
